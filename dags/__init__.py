@@ -1,0 +1,1 @@
+"""DAG files (YAML), shipped as package data."""

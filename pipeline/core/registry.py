@@ -1,0 +1,191 @@
+"""The stage registry: versioned stage names, their datasets and their typed config.
+
+Two kinds of stage:
+
+* ``map`` stages are pure functions over one partition: ``fn(tables, *, config) -> tables``.
+  ``tables`` maps each input dataset id to that partition's Arrow table; the result maps output
+  dataset ids (and optionally ``"rejects"``) to tables. Partitions of all datasets line up, since
+  they all descend from one ingest partition.
+* ``source`` stages read a dump: ``plan(config, ctx)`` runs on the client and returns picklable
+  part specs (cheap: file lists, row ranges); ``read(spec, config)`` runs on a worker and returns a
+  :class:`PartResult`.
+* ``corpus`` stages need the whole corpus (top-k neighbours, corpus graphs): ``fn(ctx, *, config)``
+  runs on the client, schedules its own Dask work through ``ctx`` and writes through ``ctx``.
+
+Stages are found by name only. Built-in stage modules are listed in :data:`STAGE_MODULES` and
+imported on first lookup (on the client and on every worker).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import pyarrow as pa
+
+from pipeline.core.errors import PipelineError, did_you_mean
+
+STAGE_MODULES: tuple[str, ...] = (
+    "pipeline.ingest.stage",
+    "pipeline.text.stage",
+)
+
+Tables = Mapping[str, pa.Table]
+
+
+@dataclass
+class PartResult:
+    """What a source part (or a corpus stage's unit of work) produced.
+
+    ``rows_in`` counts the records seen per output dataset, so the runner can check
+    ``rows_in == rows_out + rejected`` for each.
+    """
+
+    tables: dict[str, pa.Table]
+    rows_in: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Stage:
+    name: str
+    version: int
+    kind: Literal["map", "source", "corpus"]
+    inputs: tuple[str, ...]
+    outputs: tuple[str, ...]
+    config: type
+    fn: Callable[..., Any] | None = None
+    plan: Callable[..., list[Any]] | None = None
+    read: Callable[..., PartResult] | None = None
+    key: str = "report_id"
+    primary_output: str | None = None
+    optional_outputs: tuple[str, ...] = ()
+    description: str = ""
+
+    @property
+    def id(self) -> str:
+        return f"{self.name}.v{self.version}"
+
+    @property
+    def module(self) -> str:
+        target = self.fn or self.plan
+        return target.__module__ if target else ""
+
+
+_REGISTRY: dict[str, Stage] = {}
+_LOADED = False
+
+
+def _check_config(config: type) -> None:
+    if not (dataclasses.is_dataclass(config) and config.__dataclass_params__.frozen):  # type: ignore[attr-defined]
+        raise TypeError(f"{config!r} must be a frozen dataclass")
+
+
+def _add(stage: Stage) -> None:
+    old = _REGISTRY.get(stage.name)
+    if old is not None and old.module != stage.module:
+        raise PipelineError("E_STAGE_DUPLICATE", f"stage {stage.name!r} is registered twice ({old.module}, {stage.module})")
+    _REGISTRY[stage.name] = stage
+
+
+def map_stage(
+    name: str,
+    *,
+    version: int,
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
+    config: type,
+    primary_output: str | None = None,
+    key: str = "report_id",
+    optional_outputs: tuple[str, ...] = (),
+) -> Callable[[Callable[..., dict[str, pa.Table]]], Callable[..., dict[str, pa.Table]]]:
+    """Register a partition-wise stage.
+
+    ``inputs[0]`` is the primary input: each of its rows must end up either in
+    ``primary_output`` (by ``key``, default the first output) or in ``rejects``.
+    ``optional_outputs`` may be absent from the function's result on some runs (the runner writes
+    them empty).
+    """
+    _check_config(config)
+
+    def wrap(fn: Callable[..., dict[str, pa.Table]]) -> Callable[..., dict[str, pa.Table]]:
+        _add(
+            Stage(
+                name, version, "map", inputs, outputs, config, fn=fn, key=key,
+                primary_output=primary_output or outputs[0], optional_outputs=optional_outputs,
+                description=(fn.__doc__ or "").strip().split("\n")[0],
+            )
+        )
+        return fn
+
+    return wrap
+
+
+def source_stage(
+    name: str,
+    *,
+    version: int,
+    outputs: tuple[str, ...],
+    config: type,
+    plan: Callable[..., list[Any]],
+    read: Callable[..., PartResult],
+    optional_outputs: tuple[str, ...] = (),
+    description: str = "",
+) -> None:
+    """Register a stage that reads a dump (no input datasets)."""
+    _check_config(config)
+    _add(
+        Stage(
+            name, version, "source", (), outputs, config, plan=plan, read=read,
+            primary_output=outputs[0], optional_outputs=optional_outputs, description=description,
+        )
+    )
+
+
+def corpus_stage(
+    name: str,
+    *,
+    version: int,
+    inputs: tuple[str, ...],
+    outputs: tuple[str, ...],
+    config: type,
+) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register a stage that works on the whole corpus through a run context."""
+    _check_config(config)
+
+    def wrap(fn: Callable[..., None]) -> Callable[..., None]:
+        _add(Stage(name, version, "corpus", inputs, outputs, config, fn=fn,
+                   description=(fn.__doc__ or "").strip().split("\n")[0]))
+        return fn
+
+    return wrap
+
+
+def load_builtin_stages() -> None:
+    global _LOADED
+    if _LOADED:
+        return
+    for module in STAGE_MODULES:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            # A stage package that is not written yet is simply absent; a broken import inside
+            # an existing package is a real error.
+            if exc.name != module and not module.startswith(f"{exc.name}."):
+                raise
+    _LOADED = True
+
+
+def get_stage(name: str) -> Stage:
+    """The registered stage ``name``. Raises PipelineError(E_STAGE_UNKNOWN) with suggestions."""
+    load_builtin_stages()
+    if name not in _REGISTRY:
+        raise PipelineError("E_STAGE_UNKNOWN", f"unknown stage {name!r}." + did_you_mean(name, _REGISTRY))
+    return _REGISTRY[name]
+
+
+def all_stages() -> dict[str, Stage]:
+    load_builtin_stages()
+    return dict(_REGISTRY)

@@ -1,0 +1,1 @@
+"""Dataset schemas (YAML), shipped as package data; see README.md."""

@@ -1,0 +1,30 @@
+"""One conftest: the shared-data fixture, temp dumps, and a Dask cluster shared by the session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _shared_data_dir() -> Path | None:
+    """../shared/data beside the checkout (CI has it there), or $CLIP2CLINIC_SHARED_DATA."""
+    env = os.environ.get("CLIP2CLINIC_SHARED_DATA")
+    candidates = [Path(env)] if env else []
+    candidates.append(REPO.parent / "shared" / "data")
+    for path in candidates:
+        if path.is_dir():
+            return path
+    return None
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The third-party data folder; tests that need it are skipped where it is absent."""
+    path = _shared_data_dir()
+    if path is None:
+        pytest.skip("../shared/data is not beside this checkout")
+    return path
