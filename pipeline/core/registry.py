@@ -36,6 +36,14 @@ STAGE_MODULES: tuple[str, ...] = (
 Tables = Mapping[str, pa.Table]
 
 
+@dataclass(frozen=True)
+class PlanContext:
+    """What a source stage's ``plan`` may use: a private folder for staging files, the part size."""
+
+    staging_dir: str
+    part_size: int
+
+
 @dataclass
 class PartResult:
     """What a source part (or a corpus stage's unit of work) produced.
