@@ -28,3 +28,20 @@ def shared_data() -> Path:
     if path is None:
         pytest.skip("../shared/data is not beside this checkout")
     return path
+
+
+# Test-only stages live in tests/toy_stages.py; worker processes find them through these two
+# variables, which they inherit from this process.
+os.environ["CLIP2CLINIC_STAGE_MODULES"] = "toy_stages"
+os.environ["PYTHONPATH"] = os.pathsep.join(
+    p for p in (str(REPO / "tests"), os.environ.get("PYTHONPATH", "")) if p
+)
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """One real LocalCluster (2 worker processes) shared by the tests that need a client."""
+    from pipeline.core.runner import ClusterConfig, dask_client as make_client
+
+    with make_client(ClusterConfig(n_workers=2)) as client:
+        yield client

@@ -13,13 +13,16 @@ Two kinds of stage:
   runs on the client, schedules its own Dask work through ``ctx`` and writes through ``ctx``.
 
 Stages are found by name only. Built-in stage modules are listed in :data:`STAGE_MODULES` and
-imported on first lookup (on the client and on every worker).
+imported on first lookup (on the client and on every worker). Extra stage modules (plugins, test
+stages) are named in the environment variable ``CLIP2CLINIC_STAGE_MODULES`` (comma-separated),
+which worker processes inherit; config never names code.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -175,7 +178,8 @@ def load_builtin_stages() -> None:
     global _LOADED
     if _LOADED:
         return
-    for module in STAGE_MODULES:
+    extra = tuple(m.strip() for m in os.environ.get("CLIP2CLINIC_STAGE_MODULES", "").split(",") if m.strip())
+    for module in (*STAGE_MODULES, *extra):
         try:
             importlib.import_module(module)
         except ModuleNotFoundError as exc:

@@ -1,0 +1,471 @@
+"""The runner: maps stages over partitions on Dask, validates, writes atomically, keeps manifests.
+
+Dask distributed is the only execution engine: a LocalCluster of worker processes by default, an
+existing scheduler when ``cluster.address`` is set. Data never passes through the client: each
+task reads its inputs from the run folder, runs the stage's pure function, writes its outputs and
+its part marker, and returns a small summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+import traceback
+import uuid
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from distributed import Client, LocalCluster, as_completed
+
+from pipeline.core.dag import Dag
+from pipeline.core.errors import REJECT_REASONS, PipelineError
+from pipeline.core.io import REJECTS, Store, package_versions, stable_hash
+from pipeline.core.registry import PartResult, PlanContext, Stage, get_stage
+from pipeline.core.schemas import empty, load_schema
+
+log = logging.getLogger(__name__)
+
+PIPELINE_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """Where the work runs. ``address`` (tcp://host:8786) uses an existing scheduler."""
+
+    address: str | None = None
+    n_workers: int = 2
+    threads_per_worker: int = 1  # spaCy and pyarrow work is per process; threads only contend
+    memory_limit: str = "auto"  # per worker, Dask syntax ("4GiB"); "auto" splits the machine
+    dashboard: bool = False
+
+
+@dataclass
+class StageReport:
+    """What one stage did, for the summary table and tests."""
+
+    stage: str
+    status: str  # ran, resumed, skipped (up to date)
+    parts: int = 0
+    parts_done_before: int = 0
+    rows_in: int = 0
+    rows_out: int = 0
+    rejected: int = 0
+    seconds: float = 0.0
+    datasets: dict[str, int] = field(default_factory=dict)
+    fingerprint: str = ""
+
+
+class Progress(Protocol):
+    def start(self, stage: str, total: int, done: int) -> None: ...
+    def advance(self, stage: str, n: int = 1) -> None: ...
+    def finish(self, stage: str) -> None: ...
+
+
+class NullProgress:
+    def start(self, stage: str, total: int, done: int) -> None:
+        log.info("%s: %d parts (%d already done)", stage, total, done)
+
+    def advance(self, stage: str, n: int = 1) -> None:
+        pass
+
+    def finish(self, stage: str) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def dask_client(cluster: ClusterConfig) -> Iterator[Client]:
+    """A client on ``cluster.address`` or on a fresh LocalCluster of worker processes."""
+    if cluster.address:
+        try:
+            client = Client(cluster.address, timeout="20s")
+        except OSError as exc:
+            raise PipelineError(
+                "E_CLUSTER", f"cannot reach the Dask scheduler at {cluster.address}: {exc}. "
+                "Start one (`dask scheduler`) or drop cluster.address to use a local cluster."
+            ) from exc
+        with client:
+            yield client
+        return
+    local = LocalCluster(
+        n_workers=cluster.n_workers,
+        threads_per_worker=cluster.threads_per_worker,
+        processes=True,
+        memory_limit=cluster.memory_limit,
+        dashboard_address=":0" if cluster.dashboard else None,
+        silence_logs=logging.ERROR,
+    )
+    with local, Client(local) as client:
+        yield client
+
+
+# -- fingerprints --------------------------------------------------------------------------------
+
+def code_version(stage: Stage) -> str:
+    """Hash of the stage's package sources and data files plus its output schemas.
+
+    Editing a stage's code, lexicon or schema reruns it; editing another stage does not.
+    """
+    module_file = Path(__import__(stage.module, fromlist=["_"]).__file__ or "")
+    package_dir = module_file.parent
+    digest = hashlib.sha256()
+    for path in sorted(package_dir.rglob("*")):
+        if path.suffix in {".py", ".yaml", ".yml", ".json", ".tsv", ".txt"} and "__pycache__" not in path.parts:
+            digest.update(str(path.relative_to(package_dir)).encode())
+            digest.update(path.read_bytes())
+    for dataset in (*stage.outputs, REJECTS):
+        schema = load_schema(dataset)
+        digest.update(f"{schema.name}:{schema.version}:{schema.columns}".encode())
+    return digest.hexdigest()[:16]
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    return asdict(config) if is_dataclass(config) else dict(config)
+
+
+# -- worker-side tasks ---------------------------------------------------------------------------
+
+def _count_rejects(rejects: pa.Table) -> dict[str, int]:
+    if rejects.num_rows == 0:
+        return {}
+    counts = rejects.group_by("dataset").aggregate([("row_id", "count")])
+    return dict(zip(counts["dataset"].to_pylist(), counts["row_id_count"].to_pylist(), strict=True))
+
+
+def _check_reject_codes(stage: Stage, rejects: pa.Table) -> None:
+    if rejects.num_rows:
+        bad = set(rejects["reason_code"].to_pylist()) - set(REJECT_REASONS)
+        if bad:
+            raise PipelineError("E_REJECT_CODE", f"stage {stage.name!r} emitted unknown reject codes {sorted(bad)}")
+
+
+def _commit_part(store: Store, stage: Stage, index: int, tables: Mapping[str, pa.Table],
+                 fingerprint: str, accounting: dict[str, Any], started: float) -> dict[str, Any]:
+    """Write every output of one part, then its marker (last, so a marker means complete)."""
+    unknown = set(tables) - set(stage.outputs) - {REJECTS}
+    if unknown:
+        raise PipelineError("E_STAGE_OUTPUT", f"stage {stage.name!r} returned undeclared datasets {sorted(unknown)}")
+    missing = set(stage.outputs) - set(tables) - set(stage.optional_outputs)
+    if missing:
+        raise PipelineError("E_STAGE_OUTPUT", f"stage {stage.name!r} did not return {sorted(missing)}")
+    rows: dict[str, int] = {}
+    for dataset in stage.outputs:
+        table = tables.get(dataset)
+        rows[dataset] = store.write_table(table if table is not None else empty(dataset), dataset, index)
+    rejects = tables.get(REJECTS)
+    rejects = rejects if rejects is not None else empty(REJECTS)
+    _check_reject_codes(stage, rejects)
+    store.write_table(rejects, REJECTS, index, stage=stage.name)
+    marker = {
+        "fingerprint": fingerprint,
+        "index": index,
+        "rows": rows,
+        "rejected": _count_rejects(rejects),
+        "seconds": round(time.perf_counter() - started, 4),
+        "worker_pid": os.getpid(),
+        **accounting,
+    }
+    store.write_json(store.marker_path(stage.name, index), marker)
+    return marker
+
+
+def run_source_part(out: str, stage_name: str, config: Any, index: int, spec: Any, fingerprint: str) -> dict[str, Any]:
+    """Worker task: read one part of a dump, check rows_in == rows_out + rejects per dataset."""
+    started = time.perf_counter()
+    stage = get_stage(stage_name)
+    assert stage.read is not None
+    result: PartResult = stage.read(spec, config)
+    rejects = result.tables.get(REJECTS)
+    rejected = _count_rejects(rejects) if rejects is not None else {}
+    for dataset, n_in in result.rows_in.items():
+        n_out = result.tables[dataset].num_rows if dataset in result.tables else 0
+        if n_in != n_out + rejected.get(dataset, 0):
+            raise PipelineError(
+                "E_ACCOUNTING",
+                f"{stage_name} part {index}: {dataset} rows_in {n_in} != rows_out {n_out} + rejected {rejected.get(dataset, 0)}",
+            )
+    primary = stage.primary_output or stage.outputs[0]
+    n_in = result.rows_in.get(primary, 0)
+    accounting = {"rows_in": n_in, "rows_out": n_in - rejected.get(primary, 0), "rows_in_by_dataset": result.rows_in}
+    return _commit_part(Store(out), stage, index, result.tables, fingerprint, accounting, started)
+
+
+def run_map_part(out: str, stage_name: str, config: Any, index: int, fingerprint: str) -> dict[str, Any]:
+    """Worker task: read one aligned part of every input, run the stage, check accounting, write."""
+    started = time.perf_counter()
+    stage = get_stage(stage_name)
+    store = Store(out)
+    inputs = {dataset: store.read_part(dataset, index) for dataset in stage.inputs}
+    assert stage.fn is not None
+    tables = stage.fn(inputs, config=config)
+    primary_in = inputs[stage.inputs[0]]
+    keys_in = set(primary_in[stage.key].to_pylist()) if primary_in.num_rows else set()
+    primary_out = tables.get(stage.primary_output or stage.outputs[0])
+    keys_out = set(pc.unique(primary_out[stage.key]).to_pylist()) if primary_out is not None and primary_out.num_rows else set()
+    rejects = tables.get(REJECTS)
+    keys_rejected = set(rejects["row_id"].to_pylist()) if rejects is not None and rejects.num_rows else set()
+    if keys_out | keys_rejected != keys_in or keys_out & keys_rejected:
+        lost = sorted(keys_in - keys_out - keys_rejected)[:5]
+        raise PipelineError(
+            "E_ACCOUNTING",
+            f"{stage_name} part {index}: {len(keys_in)} rows in, {len(keys_out)} out, {len(keys_rejected)} rejected "
+            f"(lost: {lost}; both out and rejected: {sorted(keys_out & keys_rejected)[:5]}; "
+            f"unknown: {sorted((keys_out | keys_rejected) - keys_in)[:5]})",
+        )
+    accounting = {"rows_in": len(keys_in), "rows_out": len(keys_out)}
+    return _commit_part(store, stage, index, tables, fingerprint, accounting, started)
+
+
+# -- client side ---------------------------------------------------------------------------------
+
+class Runner:
+    """Runs stages and DAGs into one output folder on one Dask client."""
+
+    def __init__(self, out: str, client: Client, *, progress: Progress | None = None, force: bool = False) -> None:
+        self.store = Store(out)
+        self.out = out
+        self.client = client
+        self.progress = progress or NullProgress()
+        self.force = force
+
+    def run_dag(self, dag: Dag, configs: Mapping[str, Any]) -> list[StageReport]:
+        """Run every stage of ``dag`` in order; ``configs`` maps stage name to its config."""
+        return [self.run_stage(stage, configs[stage.name]) for stage in dag.stages]
+
+    def upstream_fingerprints(self, stage: Stage) -> dict[str, str]:
+        """Fingerprints of the stage's inputs; raises E_INPUT_MISSING naming the stage to run."""
+        found = {}
+        for dataset in stage.inputs:
+            manifest = self.store.read_json(self.store.manifest_path(dataset))
+            if not manifest or not manifest.get("complete"):
+                raise PipelineError(
+                    "E_INPUT_MISSING",
+                    f"stage {stage.name!r} needs dataset {dataset!r}, which is not complete under {self.out}. "
+                    f"Run the stage that writes it first (or run a DAG: dag=labels).",
+                )
+            found[dataset] = manifest["fingerprint"]
+        return found
+
+    def fingerprint(self, stage: Stage, config: Any, extra: str = "") -> str:
+        return stable_hash({
+            "stage": stage.id,
+            "config": _config_dict(config),
+            "upstream": self.upstream_fingerprints(stage),
+            "code": code_version(stage),
+            "extra": extra,
+        })[:24]
+
+    def _up_to_date(self, stage: Stage, fingerprint: str) -> dict[str, Any] | None:
+        if self.force:
+            return None
+        record = self.store.read_json(self.store.stage_record_path(stage.name))
+        if not record or record.get("fingerprint") != fingerprint or not record.get("complete"):
+            return None
+        for dataset in stage.outputs:
+            manifest = self.store.read_json(self.store.manifest_path(dataset))
+            if not manifest or manifest.get("fingerprint") != fingerprint:
+                return None
+        return record
+
+    def _invalidate(self, stage: Stage) -> None:
+        # Downstream stages must not see an old manifest while its parts are being rewritten.
+        for path in [self.store.stage_record_path(stage.name), *(self.store.manifest_path(d) for d in stage.outputs)]:
+            if self.store.fs.exists(path):
+                self.store.fs.rm(path)
+
+    def run_stage(self, stage: Stage, config: Any) -> StageReport:
+        """Run one stage (skipping it when up to date, resuming finished parts)."""
+        started = time.perf_counter()
+        if stage.kind == "corpus":
+            return self._run_corpus(stage, config, started)
+        specs: list[Any] | None = None
+        extra = ""
+        if stage.kind == "source":
+            assert stage.plan is not None
+            ctx = PlanContext(
+                staging_dir=self.store.path("_state", stage.name, "staging"),
+                part_size=int(getattr(config, "part_size", 2000)),
+            )
+            specs = stage.plan(config, ctx)
+            extra = stable_hash(repr(specs))
+            n_parts = len(specs)
+        else:
+            n_parts = len(self.store.part_indices(stage.inputs[0]))
+        fingerprint = self.fingerprint(stage, config, extra)
+        record = self._up_to_date(stage, fingerprint)
+        if record is not None:
+            log.info("%s is up to date (fingerprint %s)", stage.name, fingerprint)
+            return StageReport(stage.name, "skipped", parts=record["parts"], rows_in=record["rows_in"],
+                               rows_out=record["rows_out"], rejected=record["rejected"], seconds=0.0,
+                               datasets=record["datasets"], fingerprint=fingerprint)
+        self._invalidate(stage)
+        markers: dict[int, dict[str, Any]] = {}
+        todo = []
+        for index in range(n_parts):
+            marker = None if self.force else self.store.read_json(self.store.marker_path(stage.name, index))
+            if marker and marker.get("fingerprint") == fingerprint:
+                markers[index] = marker
+            else:
+                todo.append(index)
+        done_before = len(markers)
+        self.progress.start(stage.name, n_parts, done_before)
+        futures = {}
+        run_token = uuid.uuid4().hex[:8]  # keys must not collide with a failed earlier attempt
+        for index in todo:
+            if stage.kind == "source":
+                fut = self.client.submit(run_source_part, self.out, stage.name, config, index, specs[index],
+                                         fingerprint, key=f"{stage.name}-{run_token}-{index}", pure=False)
+            else:
+                fut = self.client.submit(run_map_part, self.out, stage.name, config, index, fingerprint,
+                                         key=f"{stage.name}-{run_token}-{index}", pure=False)
+            futures[fut] = index
+        failures: list[tuple[int, BaseException, str]] = []
+        for fut in as_completed(futures):
+            index = futures[fut]
+            try:
+                markers[index] = fut.result()
+            except Exception as exc:  # noqa: BLE001 - gathered, then reported as one error
+                failures.append((index, exc, "".join(traceback.format_exception(exc))))
+            self.progress.advance(stage.name)
+        self.progress.finish(stage.name)
+        if failures:
+            failures.sort(key=lambda f: f[0])
+            index, exc, tb = failures[0]
+            log.error("stage %s part %d failed:\n%s", stage.name, index, tb)
+            if isinstance(exc, PipelineError):
+                raise PipelineError(exc.code, f"{len(failures)} of {n_parts} parts of {stage.name!r} failed; "
+                                    f"first (part {index}): {exc.message}") from exc
+            raise PipelineError(
+                "E_PART_FAILED",
+                f"{len(failures)} of {n_parts} parts of {stage.name!r} failed; first (part {index}): "
+                f"{type(exc).__name__}: {exc}. Finished parts are kept: rerun the same command to resume.",
+            ) from exc
+        return self._finalise(stage, fingerprint, markers, n_parts, started, done_before)
+
+    def _finalise(self, stage: Stage, fingerprint: str, markers: Mapping[int, dict[str, Any]],
+                  n_parts: int, started: float, done_before: int = 0) -> StageReport:
+        keep = range(n_parts)
+        for dataset in stage.outputs:
+            self.store.remove_parts_except(dataset, keep)
+        self.store.remove_parts_except(REJECTS, keep, stage=stage.name)
+        staging = self.store.path("_state", stage.name, "staging")
+        if self.store.fs.exists(staging):
+            self.store.fs.rm(staging, recursive=True)
+        seconds = time.perf_counter() - started
+        datasets = {d: sum(m["rows"].get(d, 0) for m in markers.values()) for d in stage.outputs}
+        rejected_by_dataset: dict[str, int] = {}
+        for m in markers.values():
+            for d, n in m["rejected"].items():
+                rejected_by_dataset[d] = rejected_by_dataset.get(d, 0) + n
+        rows_in = sum(m["rows_in"] for m in markers.values())
+        rows_out = sum(m["rows_out"] for m in markers.values())
+        rejected = rows_in - rows_out
+        part_seconds = [m["seconds"] for m in markers.values()]
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        common = {
+            "stage": stage.id,
+            "fingerprint": fingerprint,
+            "parts": n_parts,
+            "complete": True,
+            "created": now,
+            "packages": package_versions(),
+            "timings": {
+                "stage_seconds": round(seconds, 3),
+                "part_seconds_total": round(sum(part_seconds), 3),
+                "part_seconds_max": round(max(part_seconds, default=0.0), 3),
+            },
+            "stage_rows": {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rejected},
+        }
+        for dataset in stage.outputs:
+            rows_in_d = sum(m.get("rows_in_by_dataset", {}).get(dataset, 0) for m in markers.values())
+            manifest = {
+                **common,
+                "dataset": dataset,
+                "schema": dataset,
+                "schema_version": load_schema(dataset).version,
+                "rows": datasets[dataset],
+                "rows_rejected": rejected_by_dataset.get(dataset, 0),
+            }
+            if rows_in_d:
+                manifest["rows_in"] = rows_in_d
+            self.store.write_json(self.store.manifest_path(dataset), manifest)
+        self._update_rejects_manifest(stage, rejected_by_dataset, fingerprint, now)
+        self.store.write_json(self.store.stage_record_path(stage.name), {
+            **common, "rows_in": rows_in, "rows_out": rows_out, "rejected": rejected, "datasets": datasets,
+            "rejected_by_dataset": rejected_by_dataset,
+        })
+        status = "resumed" if done_before else "ran"
+        return StageReport(stage.name, status, parts=n_parts, parts_done_before=done_before,
+                           rows_in=rows_in, rows_out=rows_out, rejected=rejected, seconds=seconds,
+                           datasets=datasets, fingerprint=fingerprint)
+
+    def _update_rejects_manifest(self, stage: Stage, by_dataset: Mapping[str, int], fingerprint: str, now: str) -> None:
+        path = self.store.manifest_path(REJECTS)
+        manifest = self.store.read_json(path) or {"dataset": REJECTS, "schema": REJECTS, "stages": {}}
+        manifest["schema_version"] = load_schema(REJECTS).version
+        manifest["stages"][stage.name] = {"fingerprint": fingerprint, "rows": sum(by_dataset.values()),
+                                          "by_dataset": dict(by_dataset), "created": now}
+        manifest["rows"] = sum(s["rows"] for s in manifest["stages"].values())
+        manifest["complete"] = True
+        self.store.write_json(path, manifest)
+
+    # -- corpus stages -----------------------------------------------------------------------
+    def _run_corpus(self, stage: Stage, config: Any, started: float) -> StageReport:
+        fingerprint = self.fingerprint(stage, config)
+        record = self._up_to_date(stage, fingerprint)
+        if record is not None:
+            return StageReport(stage.name, "skipped", parts=record["parts"], rows_in=record["rows_in"],
+                               rows_out=record["rows_out"], rejected=record["rejected"],
+                               datasets=record["datasets"], fingerprint=fingerprint)
+        self._invalidate(stage)
+        ctx = CorpusContext(self, stage, fingerprint)
+        assert stage.fn is not None
+        self.progress.start(stage.name, 1, 0)
+        stage.fn(ctx, config=config)
+        self.progress.advance(stage.name)
+        self.progress.finish(stage.name)
+        return self._finalise(stage, fingerprint, ctx.markers, ctx.n_parts, started)
+
+
+class CorpusContext:
+    """What a corpus stage gets: the client, readers of its inputs, and part writers."""
+
+    def __init__(self, runner: Runner, stage: Stage, fingerprint: str) -> None:
+        self.runner = runner
+        self.stage = stage
+        self.fingerprint = fingerprint
+        self.client = runner.client
+        self.out = runner.out
+        self.store = runner.store
+        self.markers: dict[int, dict[str, Any]] = {}
+
+    @property
+    def n_parts(self) -> int:
+        return max(self.markers, default=-1) + 1
+
+    def input_parts(self, dataset: str) -> list[int]:
+        return self.store.part_indices(dataset)
+
+    def commit(self, index: int, marker: dict[str, Any]) -> None:
+        """Record a part written by :func:`commit_corpus_part` (usually on a worker)."""
+        self.markers[index] = marker
+
+
+def commit_corpus_part(out: str, stage_name: str, index: int, tables: Mapping[str, pa.Table],
+                       fingerprint: str, rows_in: int, rows_out: int) -> dict[str, Any]:
+    """Write one part of a corpus stage's outputs (callable on a worker)."""
+    started = time.perf_counter()
+    stage = get_stage(stage_name)
+    return _commit_part(Store(out), stage, index, tables, fingerprint,
+                        {"rows_in": rows_in, "rows_out": rows_out}, started)
+
+
+def config_fields(config_type: type) -> list[str]:
+    return [f.name for f in fields(config_type)]
