@@ -51,10 +51,16 @@ class RunConfig:
 
 
 def _typed_node(config_type: type, skip: tuple[str, ...] = ()) -> DictConfig:
+    """A typed, writable OmegaConf node for a (frozen) config dataclass, without ``skip`` fields."""
+    if any(f.name in skip for f in fields(config_type)):
+        hints = typing.get_type_hints(config_type)
+        kept = [
+            (f.name, hints[f.name], dataclasses.field(default=f.default, default_factory=f.default_factory))
+            for f in fields(config_type) if f.name not in skip
+        ]
+        config_type = dataclasses.make_dataclass(config_type.__name__, kept)
     node = OmegaConf.structured(config_type)
     OmegaConf.set_readonly(node, False)
-    for name in skip:
-        node.pop(name, None)
     return node
 
 
