@@ -162,6 +162,8 @@ def conform(table: pa.Table, name: str, *, vector_size: int | None = None) -> pa
     Raises PipelineError(E_SCHEMA_MISMATCH) naming every problem found.
     """
     schema = load_schema(name)
+    if vector_size is None and any(pa.types.is_fixed_size_list(c.type) for c in schema.columns):
+        vector_size = _infer_vector_size(table, schema)
     target = schema.arrow(vector_size)
     problems: list[str] = []
     have, want = set(table.column_names), set(schema.names)
@@ -190,6 +192,23 @@ def conform(table: pa.Table, name: str, *, vector_size: int | None = None) -> pa
     if problems:
         raise PipelineError("E_SCHEMA_MISMATCH", f"{name}: " + "; ".join(problems))
     return pa.Table.from_arrays(arrays, schema=target)
+
+
+def _infer_vector_size(table: pa.Table, schema: DatasetSchema) -> int | None:
+    """The size of the table's vector columns (all must agree); None for an empty table."""
+    sizes = set()
+    for col in schema.columns:
+        if pa.types.is_fixed_size_list(col.type) and col.name in table.column_names:
+            typ = table.schema.field(col.name).type
+            if pa.types.is_fixed_size_list(typ):
+                sizes.add(typ.list_size)
+            elif table.num_rows:
+                first = table.column(col.name).drop_null()
+                if len(first):
+                    sizes.add(len(first[0]))
+    if len(sizes) > 1:
+        raise PipelineError("E_SCHEMA_MISMATCH", f"{schema.name}: vector columns disagree on size {sorted(sizes)}")
+    return sizes.pop() if sizes else 1
 
 
 def empty(name: str, *, vector_size: int | None = None) -> pa.Table:
