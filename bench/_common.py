@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 
 import psutil
 from rich.console import Console
@@ -26,10 +26,8 @@ class PeakRSS:
         rss = proc.memory_info().rss
         if self.children:
             for child in proc.children(recursive=True):
-                try:
+                with suppress(psutil.Error):
                     rss += child.memory_info().rss
-                except psutil.Error:
-                    pass
         return rss
 
     def _run(self) -> None:

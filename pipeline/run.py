@@ -18,7 +18,14 @@ import time
 from collections.abc import Sequence
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from pipeline.core.config import RunConfig, compose_run
@@ -34,8 +41,14 @@ class RichProgress:
 
     def __init__(self, console: Console) -> None:
         self.bars = Progress(
-            TextColumn("[bold]{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("parts"), TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=False,
+            TextColumn("[bold]{task.description:<12}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("parts"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            transient=False,
         )
         self.tasks: dict[str, int] = {}
 
@@ -71,15 +84,25 @@ def select_dag(cfg: RunConfig) -> Dag:
 
 def summary_table(reports: Sequence[StageReport], seconds: float, out: str) -> Table:
     table = Table(title=f"clip2clinic run -> {out}  ({seconds:.1f} s)")
-    for col, justify in (("stage", "left"), ("status", "left"), ("dataset", "left"), ("rows", "right"),
-                         ("rejects", "right"), ("seconds", "right")):
+    for col, justify in (
+        ("stage", "left"),
+        ("status", "left"),
+        ("dataset", "left"),
+        ("rows", "right"),
+        ("rejects", "right"),
+        ("seconds", "right"),
+    ):
         table.add_column(col, justify=justify)  # type: ignore[arg-type]
     for rep in reports:
         first = True
         for dataset, rows in rep.datasets.items():
             table.add_row(
-                rep.stage if first else "", rep.status if first else "", dataset, f"{rows:,}",
-                f"{rep.rejected:,}" if first else "", f"{rep.seconds:.1f}" if first else "",
+                rep.stage if first else "",
+                rep.status if first else "",
+                dataset,
+                f"{rows:,}",
+                f"{rep.rejected:,}" if first else "",
+                f"{rep.seconds:.1f}" if first else "",
             )
             first = False
     return table

@@ -41,7 +41,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 @pytest.fixture(scope="session")
 def dask_client():
     """One real LocalCluster (2 worker processes) shared by the tests that need a client."""
-    from pipeline.core.runner import ClusterConfig, dask_client as make_client
+    from pipeline.core.runner import ClusterConfig
+    from pipeline.core.runner import dask_client as make_client
 
     with make_client(ClusterConfig(n_workers=2)) as client:
         yield client

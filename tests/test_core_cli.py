@@ -64,8 +64,15 @@ def test_cli_exit_code_and_message(capsys, tmp_path):
 
 
 def test_table_dataset_overrides_become_typed_config():
-    cfg = compose_run(["dataset=table", "dataset.path=r.csv", "dataset.id_column=uid",
-                       "dataset.text_columns=[indication,findings]", "profile=full"])
+    cfg = compose_run(
+        [
+            "dataset=table",
+            "dataset.path=r.csv",
+            "dataset.id_column=uid",
+            "dataset.text_columns=[indication,findings]",
+            "profile=full",
+        ]
+    )
     assert cfg.dataset.text_columns == ("indication", "findings")
     assert cfg.out == "runs/table"
 
@@ -82,13 +89,33 @@ def test_dag_through_a_separate_scheduler_and_workers(tmp_path, toy_dag):
     port = _free_port()
     address = f"tcp://127.0.0.1:{port}"
     dask = str(Path(sys.executable).parent / "dask")
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)]
+    procs = [
+        subprocess.Popen(
+            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    ]
     try:
         time.sleep(1.0)
-        procs.append(subprocess.Popen([dask, "worker", address, "--nworkers", "2", "--nthreads", "1",
-                                       "--no-dashboard", "--local-directory", str(tmp_path / "scratch")],
-                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [
+                    dask,
+                    "worker",
+                    address,
+                    "--nworkers",
+                    "2",
+                    "--nthreads",
+                    "1",
+                    "--no-dashboard",
+                    "--local-directory",
+                    str(tmp_path / "scratch"),
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )
         with Client(address, timeout="30s") as client:
             client.wait_for_workers(2, timeout=60)
             pids = set(client.run(lambda: __import__("os").getpid()).values())
@@ -107,5 +134,10 @@ def test_dag_through_a_separate_scheduler_and_workers(tmp_path, toy_dag):
 
 def test_unreachable_scheduler_is_a_clear_error(tmp_path, toy_dag, capsys):
     port = _free_port()
-    assert main([f"dag={toy_dag}", f"out={tmp_path}", f"cluster.address=tcp://127.0.0.1:{port}", "progress=false"]) == 2
+    assert (
+        main(
+            [f"dag={toy_dag}", f"out={tmp_path}", f"cluster.address=tcp://127.0.0.1:{port}", "progress=false"]
+        )
+        == 2
+    )
     assert "E_CLUSTER" in capsys.readouterr().err

@@ -21,7 +21,9 @@ DAG = ["toy_source", "toy_split"]
 def run(out: Path, client, split: ToySplitConfig | None = None, force: bool = False, n_reports: int = 50):
     runner = Runner(str(out), client, force=force)
     dag = build_dag("toy", DAG)
-    return runner.run_dag(dag, {"toy_source": ToySourceConfig(n_reports=n_reports), "toy_split": split or ToySplitConfig()})
+    return runner.run_dag(
+        dag, {"toy_source": ToySourceConfig(n_reports=n_reports), "toy_split": split or ToySplitConfig()}
+    )
 
 
 def test_accounting_and_manifests(tmp_path, dask_client):
@@ -33,7 +35,11 @@ def test_accounting_and_manifests(tmp_path, dask_client):
     assert split.rejected == len([i for i in range(50) if i % 7 == 0 and i % 13 != 12])
     manifest = json.loads((tmp_path / "sections" / "_manifest.json").read_text())
     assert manifest["complete"] and manifest["rows"] == split.rows_out
-    assert manifest["stage_rows"] == {"rows_in": 47, "rows_out": split.rows_out, "rows_rejected": split.rejected}
+    assert manifest["stage_rows"] == {
+        "rows_in": 47,
+        "rows_out": split.rows_out,
+        "rows_rejected": split.rejected,
+    }
     assert manifest["schema_version"] == 1 and "pyarrow" in manifest["packages"]
     rejects = read_dataset(str(tmp_path), "rejects")
     assert sorted(set(rejects["stage"].to_pylist())) == ["toy_source", "toy_split"]
@@ -83,8 +89,12 @@ def test_interrupted_stage_resumes_to_the_same_output(tmp_path, dask_client):
         assert (tmp_path / "a" / "_state" / "toy_split" / p).stat().st_mtime_ns == mtime
     run(tmp_path / "b", dask_client, split=crashing)
     for dataset in ("sections", "rejects"):
-        a = read_dataset(str(tmp_path / "a"), dataset).sort_by([("row_id" if dataset == "rejects" else "report_id", "ascending")])
-        b = read_dataset(str(tmp_path / "b"), dataset).sort_by([("row_id" if dataset == "rejects" else "report_id", "ascending")])
+        a = read_dataset(str(tmp_path / "a"), dataset).sort_by(
+            [("row_id" if dataset == "rejects" else "report_id", "ascending")]
+        )
+        b = read_dataset(str(tmp_path / "b"), dataset).sort_by(
+            [("row_id" if dataset == "rejects" else "report_id", "ascending")]
+        )
         assert a.equals(b)
 
 

@@ -23,22 +23,36 @@ def test_every_schema_loads_and_builds():
 def test_labels_have_the_exact_chexpert_names():
     names = load_schema("labels").names
     assert names[1:15] == [
-        "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion", "Lung Opacity", "Edema",
-        "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-        "Fracture", "Support Devices",
+        "No Finding",
+        "Enlarged Cardiomediastinum",
+        "Cardiomegaly",
+        "Lung Lesion",
+        "Lung Opacity",
+        "Edema",
+        "Consolidation",
+        "Pneumonia",
+        "Atelectasis",
+        "Pneumothorax",
+        "Pleural Effusion",
+        "Pleural Other",
+        "Fracture",
+        "Support Devices",
     ]
 
 
 def test_parse_type():
     assert parse_type("list<struct<name: string, start: int32>>") == pa.list_(
-        pa.struct([("name", pa.string()), ("start", pa.int32())]))
+        pa.struct([("name", pa.string()), ("start", pa.int32())])
+    )
     assert pa.types.is_fixed_size_list(parse_type("vector<float32>"))
     with pytest.raises(ValueError):
         parse_type("complex128")
 
 
 def test_conform_casts_and_orders():
-    t = pa.table({"detail": ["x"], "reason_code": ["empty_text"], "row_id": ["1"], "dataset": ["d"], "stage": ["s"]})
+    t = pa.table(
+        {"detail": ["x"], "reason_code": ["empty_text"], "row_id": ["1"], "dataset": ["d"], "stage": ["s"]}
+    )
     out = conform(t, "rejects")
     assert out.column_names == ["stage", "dataset", "row_id", "reason_code", "detail"]
 
@@ -46,12 +60,38 @@ def test_conform_casts_and_orders():
 @pytest.mark.parametrize(
     "table, message",
     [
-        (pa.table({"stage": ["s"], "dataset": ["d"], "row_id": ["1"], "reason_code": ["x"]}), "missing columns"),
-        (pa.table({"stage": ["s"], "dataset": ["d"], "row_id": ["1"], "reason_code": ["x"], "detail": [None],
-                   "extra": [1]}), "unknown columns"),
-        (pa.table({"stage": [None], "dataset": ["d"], "row_id": ["1"], "reason_code": ["x"], "detail": [None]},
-                  schema=pa.schema([("stage", pa.string()), ("dataset", pa.string()), ("row_id", pa.string()),
-                                    ("reason_code", pa.string()), ("detail", pa.string())])), "not nullable"),
+        (
+            pa.table({"stage": ["s"], "dataset": ["d"], "row_id": ["1"], "reason_code": ["x"]}),
+            "missing columns",
+        ),
+        (
+            pa.table(
+                {
+                    "stage": ["s"],
+                    "dataset": ["d"],
+                    "row_id": ["1"],
+                    "reason_code": ["x"],
+                    "detail": [None],
+                    "extra": [1],
+                }
+            ),
+            "unknown columns",
+        ),
+        (
+            pa.table(
+                {"stage": [None], "dataset": ["d"], "row_id": ["1"], "reason_code": ["x"], "detail": [None]},
+                schema=pa.schema(
+                    [
+                        ("stage", pa.string()),
+                        ("dataset", pa.string()),
+                        ("row_id", pa.string()),
+                        ("reason_code", pa.string()),
+                        ("detail", pa.string()),
+                    ]
+                ),
+            ),
+            "not nullable",
+        ),
     ],
 )
 def test_conform_refuses(table, message):
@@ -62,8 +102,16 @@ def test_conform_refuses(table, message):
 
 def test_conform_refuses_duplicate_keys_and_bad_casts():
     t = empty("sections").to_pylist()
-    row = {"report_id": "a", "section_idx": 0, "section": "findings", "header": None, "text": "x",
-           "start": 0, "end": 1, "is_labeled": True}
+    row = {
+        "report_id": "a",
+        "section_idx": 0,
+        "section": "findings",
+        "header": None,
+        "text": "x",
+        "start": 0,
+        "end": 1,
+        "is_labeled": True,
+    }
     with pytest.raises(PipelineError, match="duplicate"):
         conform(pa.Table.from_pylist([row, row]), "sections")
     with pytest.raises(PipelineError, match="does not cast"):

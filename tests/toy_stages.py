@@ -32,13 +32,24 @@ def _read(spec: tuple[int, int], config: ToySourceConfig) -> PartResult:
         ids.append(f"r{i:04d}")
         texts.append("" if i % config.empty_every == 0 else f"FINDINGS: report {i}. No effusion.")
     n = len(ids)
-    reports = pa.table({
-        "report_id": ids, "subject_id": [None] * n, "study_id": [None] * n, "split": ["train"] * n,
-        "source": ["toy"] * n, "path": [None] * n, "text": texts, "sections": pa.nulls(n, pa.list_(
-            pa.struct([("name", pa.string()), ("start", pa.int32()), ("end", pa.int32())]))),
-    })
-    return PartResult({"reports": reports, "rejects": reject_table("toy_source", "reports", bad)},
-                      {"reports": spec[1] - spec[0]})
+    reports = pa.table(
+        {
+            "report_id": ids,
+            "subject_id": [None] * n,
+            "study_id": [None] * n,
+            "split": ["train"] * n,
+            "source": ["toy"] * n,
+            "path": [None] * n,
+            "text": texts,
+            "sections": pa.nulls(
+                n, pa.list_(pa.struct([("name", pa.string()), ("start", pa.int32()), ("end", pa.int32())]))
+            ),
+        }
+    )
+    return PartResult(
+        {"reports": reports, "rejects": reject_table("toy_source", "reports", bad)},
+        {"reports": spec[1] - spec[0]},
+    )
 
 
 source_stage("toy_source", version=1, outputs=("reports",), config=ToySourceConfig, plan=_plan, read=_read)
@@ -54,8 +65,12 @@ class ToySplitConfig:
 def toy_split(tables: Mapping[str, pa.Table], *, config: ToySplitConfig) -> dict[str, pa.Table]:
     """One section per non-empty report; empty reports are rejected."""
     reports = tables["reports"]
-    if config.fail_if_exists and os.path.exists(config.fail_if_exists) and reports.num_rows and \
-            reports["report_id"][0].as_py() == "r0010":
+    if (
+        config.fail_if_exists
+        and os.path.exists(config.fail_if_exists)
+        and reports.num_rows
+        and reports["report_id"][0].as_py() == "r0010"
+    ):
         raise RuntimeError("simulated crash")
     ids, texts, bad = [], [], []
     for rid, text in zip(reports["report_id"].to_pylist(), reports["text"].to_pylist(), strict=True):
@@ -65,19 +80,33 @@ def toy_split(tables: Mapping[str, pa.Table], *, config: ToySplitConfig) -> dict
         ids.append(rid)
         texts.append(text + config.suffix)
     n = len(ids)
-    sections = pa.table({
-        "report_id": ids, "section_idx": pa.array([0] * n, pa.int32()), "section": ["findings"] * n,
-        "header": ["FINDINGS"] * n, "text": texts, "start": pa.array([0] * n, pa.int32()),
-        "end": pa.array([len(t) for t in texts], pa.int32()), "is_labeled": [True] * n,
-    })
+    sections = pa.table(
+        {
+            "report_id": ids,
+            "section_idx": pa.array([0] * n, pa.int32()),
+            "section": ["findings"] * n,
+            "header": ["FINDINGS"] * n,
+            "text": texts,
+            "start": pa.array([0] * n, pa.int32()),
+            "end": pa.array([len(t) for t in texts], pa.int32()),
+            "is_labeled": [True] * n,
+        }
+    )
     return {"sections": sections, "rejects": reject_table("toy_split", "sections", bad)}
 
 
 @map_stage("toy_lossy", version=1, inputs=("reports",), outputs=("sentences",), config=ToySplitConfig)
 def toy_lossy(tables: Mapping[str, pa.Table], *, config: ToySplitConfig) -> dict[str, pa.Table]:
     """Drops rows without a reject: the runner must refuse it."""
-    return {"sentences": pa.table({
-        "report_id": pa.array([], pa.string()), "section": pa.array([], pa.string()),
-        "sentence_idx": pa.array([], pa.int32()), "text": pa.array([], pa.string()),
-        "start": pa.array([], pa.int32()), "end": pa.array([], pa.int32()),
-    })}
+    return {
+        "sentences": pa.table(
+            {
+                "report_id": pa.array([], pa.string()),
+                "section": pa.array([], pa.string()),
+                "sentence_idx": pa.array([], pa.int32()),
+                "text": pa.array([], pa.string()),
+                "start": pa.array([], pa.int32()),
+                "end": pa.array([], pa.int32()),
+            }
+        )
+    }

@@ -56,7 +56,8 @@ def _typed_node(config_type: type, skip: tuple[str, ...] = ()) -> DictConfig:
         hints = typing.get_type_hints(config_type)
         kept = [
             (f.name, hints[f.name], dataclasses.field(default=f.default, default_factory=f.default_factory))
-            for f in fields(config_type) if f.name not in skip
+            for f in fields(config_type)
+            if f.name not in skip
         ]
         config_type = dataclasses.make_dataclass(config_type.__name__, kept)
     node = OmegaConf.structured(config_type)
@@ -69,7 +70,9 @@ def _register() -> None:
     typed = {
         "dataset": _typed_node(DatasetConfig),
         "cluster": _typed_node(ClusterConfig),
-        "stages": {name: _typed_node(stage.config, skip=("dataset",)) for name, stage in sorted(stages.items())},
+        "stages": {
+            name: _typed_node(stage.config, skip=("dataset",)) for name, stage in sorted(stages.items())
+        },
     }
     ConfigStore.instance().store(name="_typed", node=OmegaConf.create(typed))
 
@@ -88,7 +91,8 @@ def _walk_keys(cfg: DictConfig, path: list[str]) -> None:
             choices = list(node.keys()) if isinstance(node, DictConfig) else []
             raise PipelineError(
                 "E_CONFIG_KEY",
-                f"unknown key {'.'.join(path)!r}: {where} has no {part!r}." + did_you_mean(str(part), map(str, choices)),
+                f"unknown key {'.'.join(path)!r}: {where} has no {part!r}."
+                + did_you_mean(str(part), map(str, choices)),
             )
         node = node[part]
 
@@ -107,7 +111,9 @@ def _check_overrides(overrides: list[str], base: DictConfig) -> None:
             options = group_options(key)
             value = ov.value()
             if not isinstance(value, str) or value not in options:
-                raise PipelineError("E_CONFIG_VALUE", f"unknown {key} {value!r}." + did_you_mean(str(value), options))
+                raise PipelineError(
+                    "E_CONFIG_VALUE", f"unknown {key} {value!r}." + did_you_mean(str(value), options)
+                )
             continue
         _walk_keys(base, key.split("."))
 
@@ -157,7 +163,8 @@ def compose_run(overrides: list[str]) -> RunConfig:
         raise PipelineError(
             "E_CONFIG_MISSING",
             f"dataset={cfg.dataset.name} needs {', '.join(missing)}: add "
-            + " ".join(f"{k}=..." for k in missing) + " to the command.",
+            + " ".join(f"{k}=..." for k in missing)
+            + " to the command.",
         )
     plain = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(plain, dict)

@@ -54,7 +54,9 @@ def load_dag(name_or_path: str) -> Dag:
     else:
         known = available_dags()
         if name_or_path not in known:
-            raise PipelineError("E_DAG_UNKNOWN", f"unknown DAG {name_or_path!r}." + did_you_mean(name_or_path, known))
+            raise PipelineError(
+                "E_DAG_UNKNOWN", f"unknown DAG {name_or_path!r}." + did_you_mean(name_or_path, known)
+            )
         text = (resources.files("pipeline.dags") / f"{name_or_path}.yaml").read_text()
         where = f"dags/{name_or_path}.yaml"
     try:
@@ -66,9 +68,16 @@ def load_dag(name_or_path: str) -> Dag:
     unknown_keys = set(raw) - {"name", "description", "stages"}
     if unknown_keys:
         key = sorted(unknown_keys)[0]
-        raise PipelineError("E_DAG_INVALID", f"{where}: unknown key {key!r}." + did_you_mean(key, ["name", "description", "stages"]))
-    return build_dag(str(raw.get("name") or path.stem), [str(s) for s in raw["stages"]],
-                     description=str(raw.get("description") or ""), where=where)
+        raise PipelineError(
+            "E_DAG_INVALID",
+            f"{where}: unknown key {key!r}." + did_you_mean(key, ["name", "description", "stages"]),
+        )
+    return build_dag(
+        str(raw.get("name") or path.stem),
+        [str(s) for s in raw["stages"]],
+        description=str(raw.get("description") or ""),
+        where=where,
+    )
 
 
 def build_dag(name: str, stage_names: list[str], *, description: str = "", where: str = "DAG") -> Dag:
@@ -94,7 +103,8 @@ def build_dag(name: str, stage_names: list[str], *, description: str = "", where
         for dataset in stage.outputs:
             if dataset in producers:
                 raise PipelineError(
-                    "E_DAG_INVALID", f"{where}: dataset {dataset!r} is written by both {producers[dataset]!r} and {stage.name!r}."
+                    "E_DAG_INVALID",
+                    f"{where}: dataset {dataset!r} is written by both {producers[dataset]!r} and {stage.name!r}.",
                 )
             producers[dataset] = stage.name
     graph: dict[str, set[str]] = {s.name: set() for s in stages}
@@ -111,7 +121,9 @@ def build_dag(name: str, stage_names: list[str], *, description: str = "", where
     try:
         order = list(sorter.static_order())
     except graphlib.CycleError as exc:
-        raise PipelineError("E_DAG_CYCLE", f"{where}: stages form a cycle: {' -> '.join(exc.args[1])}.") from exc
+        raise PipelineError(
+            "E_DAG_CYCLE", f"{where}: stages form a cycle: {' -> '.join(exc.args[1])}."
+        ) from exc
     by_name = {s.name: s for s in stages}
     # Keep the file's order where it is already valid, so runs read top to bottom like the file.
     position = {n: i for i, n in enumerate(stage_names)}

@@ -38,8 +38,19 @@ REJECTS = "rejects"
 
 # The packages whose versions change outputs; recorded in every manifest.
 TRACKED_PACKAGES = (
-    "clip2clinic", "numpy", "pyarrow", "pandas", "dask", "distributed", "spacy",
-    "scispacy", "negspacy", "pydicom", "networkx", "torch", "transformers",
+    "clip2clinic",
+    "numpy",
+    "pyarrow",
+    "pandas",
+    "dask",
+    "distributed",
+    "spacy",
+    "scispacy",
+    "negspacy",
+    "pydicom",
+    "networkx",
+    "torch",
+    "transformers",
 )
 
 
@@ -49,7 +60,9 @@ class Store:
     def __init__(self, out: str) -> None:
         self.url = str(out)
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
-        self.local = "file" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+        self.local = "file" in (
+            self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,)
+        )
 
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts) if not self.local else os.path.join(self.root, *parts)
@@ -97,8 +110,15 @@ class Store:
         except json.JSONDecodeError:
             return None  # a torn marker from another tool: treat as absent, the part is redone
 
-    def write_table(self, table: pa.Table, dataset: str, index: int, *, stage: str | None = None,
-                    vector_size: int | None = None) -> int:
+    def write_table(
+        self,
+        table: pa.Table,
+        dataset: str,
+        index: int,
+        *,
+        stage: str | None = None,
+        vector_size: int | None = None,
+    ) -> int:
         """Validate ``table`` against ``dataset``'s schema and write part ``index`` atomically.
 
         Returns the number of rows written. Raises PipelineError(E_SCHEMA_MISMATCH) before
@@ -120,7 +140,9 @@ class Store:
             with self.fs.open(path, "rb") as fh:
                 table = pq.read_table(fh)
         except FileNotFoundError as exc:
-            raise PipelineError("E_INPUT_MISSING", f"{path} is missing; rerun the stage that writes {dataset}.") from exc
+            raise PipelineError(
+                "E_INPUT_MISSING", f"{path} is missing; rerun the stage that writes {dataset}."
+            ) from exc
         check_file_schema(table.schema, dataset, path)
         return table
 
@@ -144,7 +166,9 @@ class Store:
         removed = 0
         for name in self.fs.ls(folder, detail=False):
             base = posixpath.basename(name)
-            stale_part = base.startswith("part-") and base.endswith(".parquet") and int(base[5:10]) not in keep
+            stale_part = (
+                base.startswith("part-") and base.endswith(".parquet") and int(base[5:10]) not in keep
+            )
             if stale_part or ".tmp-" in base:
                 self.fs.rm(name)
                 removed += 1

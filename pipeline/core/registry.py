@@ -97,7 +97,9 @@ def _check_config(config: type) -> None:
 def _add(stage: Stage) -> None:
     old = _REGISTRY.get(stage.name)
     if old is not None and old.module != stage.module:
-        raise PipelineError("E_STAGE_DUPLICATE", f"stage {stage.name!r} is registered twice ({old.module}, {stage.module})")
+        raise PipelineError(
+            "E_STAGE_DUPLICATE", f"stage {stage.name!r} is registered twice ({old.module}, {stage.module})"
+        )
     _REGISTRY[stage.name] = stage
 
 
@@ -124,8 +126,16 @@ def map_stage(
     def wrap(fn: Callable[..., dict[str, pa.Table]]) -> Callable[..., dict[str, pa.Table]]:
         _add(
             Stage(
-                name, version, "map", inputs, outputs, config, fn=fn, key=key,
-                primary_output=primary_output or outputs[0], optional_outputs=optional_outputs,
+                name,
+                version,
+                "map",
+                inputs,
+                outputs,
+                config,
+                fn=fn,
+                key=key,
+                primary_output=primary_output or outputs[0],
+                optional_outputs=optional_outputs,
                 description=(fn.__doc__ or "").strip().split("\n")[0],
             )
         )
@@ -149,8 +159,17 @@ def source_stage(
     _check_config(config)
     _add(
         Stage(
-            name, version, "source", (), outputs, config, plan=plan, read=read,
-            primary_output=outputs[0], optional_outputs=optional_outputs, description=description,
+            name,
+            version,
+            "source",
+            (),
+            outputs,
+            config,
+            plan=plan,
+            read=read,
+            primary_output=outputs[0],
+            optional_outputs=optional_outputs,
+            description=description,
         )
     )
 
@@ -167,8 +186,18 @@ def corpus_stage(
     _check_config(config)
 
     def wrap(fn: Callable[..., None]) -> Callable[..., None]:
-        _add(Stage(name, version, "corpus", inputs, outputs, config, fn=fn,
-                   description=(fn.__doc__ or "").strip().split("\n")[0]))
+        _add(
+            Stage(
+                name,
+                version,
+                "corpus",
+                inputs,
+                outputs,
+                config,
+                fn=fn,
+                description=(fn.__doc__ or "").strip().split("\n")[0],
+            )
+        )
         return fn
 
     return wrap

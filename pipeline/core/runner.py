@@ -88,8 +88,9 @@ def dask_client(cluster: ClusterConfig) -> Iterator[Client]:
             client = Client(cluster.address, timeout="20s")
         except OSError as exc:
             raise PipelineError(
-                "E_CLUSTER", f"cannot reach the Dask scheduler at {cluster.address}: {exc}. "
-                "Start one (`dask scheduler`) or drop cluster.address to use a local cluster."
+                "E_CLUSTER",
+                f"cannot reach the Dask scheduler at {cluster.address}: {exc}. "
+                "Start one (`dask scheduler`) or drop cluster.address to use a local cluster.",
             ) from exc
         with client:
             yield client
@@ -108,6 +109,7 @@ def dask_client(cluster: ClusterConfig) -> Iterator[Client]:
 
 # -- fingerprints --------------------------------------------------------------------------------
 
+
 def code_version(stage: Stage) -> str:
     """Hash of the stage's package sources and data files plus its output schemas.
 
@@ -117,7 +119,10 @@ def code_version(stage: Stage) -> str:
     package_dir = module_file.parent
     digest = hashlib.sha256()
     for path in sorted(package_dir.rglob("*")):
-        if path.suffix in {".py", ".yaml", ".yml", ".json", ".tsv", ".txt"} and "__pycache__" not in path.parts:
+        if (
+            path.suffix in {".py", ".yaml", ".yml", ".json", ".tsv", ".txt"}
+            and "__pycache__" not in path.parts
+        ):
             digest.update(str(path.relative_to(package_dir)).encode())
             digest.update(path.read_bytes())
     for dataset in (*stage.outputs, REJECTS):
@@ -132,6 +137,7 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 # -- worker-side tasks ---------------------------------------------------------------------------
 
+
 def _count_rejects(rejects: pa.Table) -> dict[str, int]:
     if rejects.num_rows == 0:
         return {}
@@ -143,15 +149,26 @@ def _check_reject_codes(stage: Stage, rejects: pa.Table) -> None:
     if rejects.num_rows:
         bad = set(rejects["reason_code"].to_pylist()) - set(REJECT_REASONS)
         if bad:
-            raise PipelineError("E_REJECT_CODE", f"stage {stage.name!r} emitted unknown reject codes {sorted(bad)}")
+            raise PipelineError(
+                "E_REJECT_CODE", f"stage {stage.name!r} emitted unknown reject codes {sorted(bad)}"
+            )
 
 
-def _commit_part(store: Store, stage: Stage, index: int, tables: Mapping[str, pa.Table],
-                 fingerprint: str, accounting: dict[str, Any], started: float) -> dict[str, Any]:
+def _commit_part(
+    store: Store,
+    stage: Stage,
+    index: int,
+    tables: Mapping[str, pa.Table],
+    fingerprint: str,
+    accounting: dict[str, Any],
+    started: float,
+) -> dict[str, Any]:
     """Write every output of one part, then its marker (last, so a marker means complete)."""
     unknown = set(tables) - set(stage.outputs) - {REJECTS}
     if unknown:
-        raise PipelineError("E_STAGE_OUTPUT", f"stage {stage.name!r} returned undeclared datasets {sorted(unknown)}")
+        raise PipelineError(
+            "E_STAGE_OUTPUT", f"stage {stage.name!r} returned undeclared datasets {sorted(unknown)}"
+        )
     missing = set(stage.outputs) - set(tables) - set(stage.optional_outputs)
     if missing:
         raise PipelineError("E_STAGE_OUTPUT", f"stage {stage.name!r} did not return {sorted(missing)}")
@@ -176,7 +193,9 @@ def _commit_part(store: Store, stage: Stage, index: int, tables: Mapping[str, pa
     return marker
 
 
-def run_source_part(out: str, stage_name: str, config: Any, index: int, spec: Any, fingerprint: str) -> dict[str, Any]:
+def run_source_part(
+    out: str, stage_name: str, config: Any, index: int, spec: Any, fingerprint: str
+) -> dict[str, Any]:
     """Worker task: read one part of a dump, check rows_in == rows_out + rejects per dataset."""
     started = time.perf_counter()
     stage = get_stage(stage_name)
@@ -193,7 +212,11 @@ def run_source_part(out: str, stage_name: str, config: Any, index: int, spec: An
             )
     primary = stage.primary_output or stage.outputs[0]
     n_in = result.rows_in.get(primary, 0)
-    accounting = {"rows_in": n_in, "rows_out": n_in - rejected.get(primary, 0), "rows_in_by_dataset": result.rows_in}
+    accounting = {
+        "rows_in": n_in,
+        "rows_out": n_in - rejected.get(primary, 0),
+        "rows_in_by_dataset": result.rows_in,
+    }
     return _commit_part(Store(out), stage, index, result.tables, fingerprint, accounting, started)
 
 
@@ -208,7 +231,11 @@ def run_map_part(out: str, stage_name: str, config: Any, index: int, fingerprint
     primary_in = inputs[stage.inputs[0]]
     keys_in = set(primary_in[stage.key].to_pylist()) if primary_in.num_rows else set()
     primary_out = tables.get(stage.primary_output or stage.outputs[0])
-    keys_out = set(pc.unique(primary_out[stage.key]).to_pylist()) if primary_out is not None and primary_out.num_rows else set()
+    keys_out = (
+        set(pc.unique(primary_out[stage.key]).to_pylist())
+        if primary_out is not None and primary_out.num_rows
+        else set()
+    )
     rejects = tables.get(REJECTS)
     keys_rejected = set(rejects["row_id"].to_pylist()) if rejects is not None and rejects.num_rows else set()
     if keys_out | keys_rejected != keys_in or keys_out & keys_rejected:
@@ -225,10 +252,13 @@ def run_map_part(out: str, stage_name: str, config: Any, index: int, fingerprint
 
 # -- client side ---------------------------------------------------------------------------------
 
+
 class Runner:
     """Runs stages and DAGs into one output folder on one Dask client."""
 
-    def __init__(self, out: str, client: Client, *, progress: Progress | None = None, force: bool = False) -> None:
+    def __init__(
+        self, out: str, client: Client, *, progress: Progress | None = None, force: bool = False
+    ) -> None:
         self.store = Store(out)
         self.out = out
         self.client = client
@@ -254,13 +284,15 @@ class Runner:
         return found
 
     def fingerprint(self, stage: Stage, config: Any, extra: str = "") -> str:
-        return stable_hash({
-            "stage": stage.id,
-            "config": _config_dict(config),
-            "upstream": self.upstream_fingerprints(stage),
-            "code": code_version(stage),
-            "extra": extra,
-        })[:24]
+        return stable_hash(
+            {
+                "stage": stage.id,
+                "config": _config_dict(config),
+                "upstream": self.upstream_fingerprints(stage),
+                "code": code_version(stage),
+                "extra": extra,
+            }
+        )[:24]
 
     def _up_to_date(self, stage: Stage, fingerprint: str) -> dict[str, Any] | None:
         if self.force:
@@ -276,7 +308,10 @@ class Runner:
 
     def _invalidate(self, stage: Stage) -> None:
         # Downstream stages must not see an old manifest while its parts are being rewritten.
-        for path in [self.store.stage_record_path(stage.name), *(self.store.manifest_path(d) for d in stage.outputs)]:
+        for path in [
+            self.store.stage_record_path(stage.name),
+            *(self.store.manifest_path(d) for d in stage.outputs),
+        ]:
             if self.store.fs.exists(path):
                 self.store.fs.rm(path)
 
@@ -302,9 +337,17 @@ class Runner:
         record = self._up_to_date(stage, fingerprint)
         if record is not None:
             log.info("%s is up to date (fingerprint %s)", stage.name, fingerprint)
-            return StageReport(stage.name, "skipped", parts=record["parts"], rows_in=record["rows_in"],
-                               rows_out=record["rows_out"], rejected=record["rejected"], seconds=0.0,
-                               datasets=record["datasets"], fingerprint=fingerprint)
+            return StageReport(
+                stage.name,
+                "skipped",
+                parts=record["parts"],
+                rows_in=record["rows_in"],
+                rows_out=record["rows_out"],
+                rejected=record["rejected"],
+                seconds=0.0,
+                datasets=record["datasets"],
+                fingerprint=fingerprint,
+            )
         self._invalidate(stage)
         markers: dict[int, dict[str, Any]] = {}
         todo = []
@@ -320,11 +363,28 @@ class Runner:
         run_token = uuid.uuid4().hex[:8]  # keys must not collide with a failed earlier attempt
         for index in todo:
             if stage.kind == "source":
-                fut = self.client.submit(run_source_part, self.out, stage.name, config, index, specs[index],
-                                         fingerprint, key=f"{stage.name}-{run_token}-{index}", pure=False)
+                fut = self.client.submit(
+                    run_source_part,
+                    self.out,
+                    stage.name,
+                    config,
+                    index,
+                    specs[index],
+                    fingerprint,
+                    key=f"{stage.name}-{run_token}-{index}",
+                    pure=False,
+                )
             else:
-                fut = self.client.submit(run_map_part, self.out, stage.name, config, index, fingerprint,
-                                         key=f"{stage.name}-{run_token}-{index}", pure=False)
+                fut = self.client.submit(
+                    run_map_part,
+                    self.out,
+                    stage.name,
+                    config,
+                    index,
+                    fingerprint,
+                    key=f"{stage.name}-{run_token}-{index}",
+                    pure=False,
+                )
             futures[fut] = index
         failures: list[tuple[int, BaseException, str]] = []
         for fut in as_completed(futures):
@@ -340,8 +400,11 @@ class Runner:
             index, exc, tb = failures[0]
             log.error("stage %s part %d failed:\n%s", stage.name, index, tb)
             if isinstance(exc, PipelineError):
-                raise PipelineError(exc.code, f"{len(failures)} of {n_parts} parts of {stage.name!r} failed; "
-                                    f"first (part {index}): {exc.message}") from exc
+                raise PipelineError(
+                    exc.code,
+                    f"{len(failures)} of {n_parts} parts of {stage.name!r} failed; "
+                    f"first (part {index}): {exc.message}",
+                ) from exc
             raise PipelineError(
                 "E_PART_FAILED",
                 f"{len(failures)} of {n_parts} parts of {stage.name!r} failed; first (part {index}): "
@@ -349,8 +412,15 @@ class Runner:
             ) from exc
         return self._finalise(stage, fingerprint, markers, n_parts, started, done_before)
 
-    def _finalise(self, stage: Stage, fingerprint: str, markers: Mapping[int, dict[str, Any]],
-                  n_parts: int, started: float, done_before: int = 0) -> StageReport:
+    def _finalise(
+        self,
+        stage: Stage,
+        fingerprint: str,
+        markers: Mapping[int, dict[str, Any]],
+        n_parts: int,
+        started: float,
+        done_before: int = 0,
+    ) -> StageReport:
         keep = range(n_parts)
         for dataset in stage.outputs:
             self.store.remove_parts_except(dataset, keep)
@@ -397,21 +467,43 @@ class Runner:
                 manifest["rows_in"] = rows_in_d
             self.store.write_json(self.store.manifest_path(dataset), manifest)
         self._update_rejects_manifest(stage, rejected_by_dataset, fingerprint, now)
-        self.store.write_json(self.store.stage_record_path(stage.name), {
-            **common, "rows_in": rows_in, "rows_out": rows_out, "rejected": rejected, "datasets": datasets,
-            "rejected_by_dataset": rejected_by_dataset,
-        })
+        self.store.write_json(
+            self.store.stage_record_path(stage.name),
+            {
+                **common,
+                "rows_in": rows_in,
+                "rows_out": rows_out,
+                "rejected": rejected,
+                "datasets": datasets,
+                "rejected_by_dataset": rejected_by_dataset,
+            },
+        )
         status = "resumed" if done_before else "ran"
-        return StageReport(stage.name, status, parts=n_parts, parts_done_before=done_before,
-                           rows_in=rows_in, rows_out=rows_out, rejected=rejected, seconds=seconds,
-                           datasets=datasets, fingerprint=fingerprint)
+        return StageReport(
+            stage.name,
+            status,
+            parts=n_parts,
+            parts_done_before=done_before,
+            rows_in=rows_in,
+            rows_out=rows_out,
+            rejected=rejected,
+            seconds=seconds,
+            datasets=datasets,
+            fingerprint=fingerprint,
+        )
 
-    def _update_rejects_manifest(self, stage: Stage, by_dataset: Mapping[str, int], fingerprint: str, now: str) -> None:
+    def _update_rejects_manifest(
+        self, stage: Stage, by_dataset: Mapping[str, int], fingerprint: str, now: str
+    ) -> None:
         path = self.store.manifest_path(REJECTS)
         manifest = self.store.read_json(path) or {"dataset": REJECTS, "schema": REJECTS, "stages": {}}
         manifest["schema_version"] = load_schema(REJECTS).version
-        manifest["stages"][stage.name] = {"fingerprint": fingerprint, "rows": sum(by_dataset.values()),
-                                          "by_dataset": dict(by_dataset), "created": now}
+        manifest["stages"][stage.name] = {
+            "fingerprint": fingerprint,
+            "rows": sum(by_dataset.values()),
+            "by_dataset": dict(by_dataset),
+            "created": now,
+        }
         manifest["rows"] = sum(s["rows"] for s in manifest["stages"].values())
         manifest["complete"] = True
         self.store.write_json(path, manifest)
@@ -421,9 +513,16 @@ class Runner:
         fingerprint = self.fingerprint(stage, config)
         record = self._up_to_date(stage, fingerprint)
         if record is not None:
-            return StageReport(stage.name, "skipped", parts=record["parts"], rows_in=record["rows_in"],
-                               rows_out=record["rows_out"], rejected=record["rejected"],
-                               datasets=record["datasets"], fingerprint=fingerprint)
+            return StageReport(
+                stage.name,
+                "skipped",
+                parts=record["parts"],
+                rows_in=record["rows_in"],
+                rows_out=record["rows_out"],
+                rejected=record["rejected"],
+                datasets=record["datasets"],
+                fingerprint=fingerprint,
+            )
         self._invalidate(stage)
         ctx = CorpusContext(self, stage, fingerprint)
         assert stage.fn is not None
@@ -458,13 +557,21 @@ class CorpusContext:
         self.markers[index] = marker
 
 
-def commit_corpus_part(out: str, stage_name: str, index: int, tables: Mapping[str, pa.Table],
-                       fingerprint: str, rows_in: int, rows_out: int) -> dict[str, Any]:
+def commit_corpus_part(
+    out: str,
+    stage_name: str,
+    index: int,
+    tables: Mapping[str, pa.Table],
+    fingerprint: str,
+    rows_in: int,
+    rows_out: int,
+) -> dict[str, Any]:
     """Write one part of a corpus stage's outputs (callable on a worker)."""
     started = time.perf_counter()
     stage = get_stage(stage_name)
-    return _commit_part(Store(out), stage, index, tables, fingerprint,
-                        {"rows_in": rows_in, "rows_out": rows_out}, started)
+    return _commit_part(
+        Store(out), stage, index, tables, fingerprint, {"rows_in": rows_in, "rows_out": rows_out}, started
+    )
 
 
 def config_fields(config_type: type) -> list[str]:

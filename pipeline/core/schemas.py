@@ -56,8 +56,7 @@ class DatasetSchema:
         ``vector_size`` fixes the size of ``vector<...>`` columns (a run setting).
         """
         fields = [
-            pa.field(c.name, _fix_vectors(c.type, vector_size), nullable=c.nullable)
-            for c in self.columns
+            pa.field(c.name, _fix_vectors(c.type, vector_size), nullable=c.nullable) for c in self.columns
         ]
         meta = {SCHEMA_KEY: self.name.encode(), VERSION_KEY: str(self.version).encode()}
         return pa.schema(fields, metadata=meta)
@@ -144,7 +143,9 @@ def load_schema(name: str) -> DatasetSchema:
         raise PipelineError("E_SCHEMA_INVALID", f"schemas/{name}.yaml declares name {schema.name!r}")
     unknown_keys = set(schema.key) - set(schema.names)
     if unknown_keys:
-        raise PipelineError("E_SCHEMA_INVALID", f"schemas/{name}.yaml: key columns {sorted(unknown_keys)} are not columns")
+        raise PipelineError(
+            "E_SCHEMA_INVALID", f"schemas/{name}.yaml: key columns {sorted(unknown_keys)} are not columns"
+        )
     return schema
 
 
@@ -207,7 +208,9 @@ def _infer_vector_size(table: pa.Table, schema: DatasetSchema) -> int | None:
                 if len(first):
                     sizes.add(len(first[0]))
     if len(sizes) > 1:
-        raise PipelineError("E_SCHEMA_MISMATCH", f"{schema.name}: vector columns disagree on size {sorted(sizes)}")
+        raise PipelineError(
+            "E_SCHEMA_MISMATCH", f"{schema.name}: vector columns disagree on size {sorted(sizes)}"
+        )
     return sizes.pop() if sizes else 1
 
 
