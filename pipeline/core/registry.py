@@ -34,6 +34,7 @@ from pipeline.core.errors import PipelineError, did_you_mean
 STAGE_MODULES: tuple[str, ...] = (
     "pipeline.ingest.stage",
     "pipeline.text.stage",
+    "pipeline.evaluate.stage",
 )
 
 Tables = Mapping[str, pa.Table]

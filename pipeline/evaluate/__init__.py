@@ -1,0 +1,1 @@
+"""Evaluation stages: agreement of our labels with a dump's official labels."""
