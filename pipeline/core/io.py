@@ -67,6 +67,10 @@ class Store:
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts) if not self.local else os.path.join(self.root, *parts)
 
+    def url_of(self, path: str) -> str:
+        """``path`` with its protocol, so another process (a worker) can open it."""
+        return path if self.local else self.fs.unstrip_protocol(path)
+
     def dataset_dir(self, dataset: str, stage: str | None = None) -> str:
         if dataset == REJECTS:
             return self.path(REJECTS, stage or "")

@@ -325,7 +325,7 @@ class Runner:
         if stage.kind == "source":
             assert stage.plan is not None
             ctx = PlanContext(
-                staging_dir=self.store.path("_state", stage.name, "staging"),
+                staging_dir=self.store.url_of(self.store.path("_state", stage.name, "staging")),
                 part_size=int(getattr(config, "part_size", 2000)),
             )
             specs = stage.plan(config, ctx)

@@ -1,0 +1,232 @@
+"""Any table of reports (CSV, gzipped or not, or Parquet): an id column and one text column, or
+several section columns joined as ``"INDICATION: ...\\n\\nFINDINGS: ..."`` with known spans."""
+
+from __future__ import annotations
+
+import logging
+import posixpath
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.core.errors import PipelineError, did_you_mean
+from pipeline.core.registry import PartResult, PlanContext
+from pipeline.ingest.common import (
+    IMAGES,
+    LABELS,
+    REPORTS,
+    PartSpec,
+    Rejects,
+    build,
+    normalise_split,
+    part_files,
+)
+from pipeline.ingest.config import IngestConfig
+from pipeline.ingest.files import Location, csv_columns, digest, iter_csv, read_staged, require
+from pipeline.ingest.text import check_text, decode_id, decode_text, sectioned_text
+
+log = logging.getLogger(__name__)
+
+SOURCE = "table"
+PARQUET_SUFFIXES = (".parquet", ".pq", ".parq")
+# Staged column names (fixed, so a dump's own column names never clash with ours).
+ID, SUBJECT, STUDY, SPLIT, ROWNO, REJECT, DETAIL = (
+    "id",
+    "subject",
+    "study",
+    "split",
+    "_row",
+    "_reject",
+    "_detail",
+)
+
+
+def _text_columns(config: IngestConfig) -> tuple[str, ...]:
+    ds = config.dataset
+    if not ds.id_column:
+        raise PipelineError("E_CONFIG", "dataset=table needs the id column: set dataset.id_column=<column>.")
+    if bool(ds.text_column) == bool(ds.text_columns):
+        raise PipelineError(
+            "E_CONFIG",
+            "dataset=table needs exactly one of dataset.text_column=<column> (free text) or "
+            "dataset.text_columns=[a,b,...] (one section per column); "
+            + ("both are set." if ds.text_column else "neither is set."),
+        )
+    return (ds.text_column,) if ds.text_column else tuple(ds.text_columns)
+
+
+def _check(names: Sequence[str], config: IngestConfig, texts: Sequence[str], where: str) -> dict[str, str]:
+    """Map each staged column to the table's column; raise E_DUMP_COLUMNS naming what is missing."""
+    ds = config.dataset
+    wanted = {ID: ("dataset.id_column", ds.id_column)}
+    for i, col in enumerate(texts):
+        wanted[f"t{i}"] = ("dataset.text_column" if ds.text_column else "dataset.text_columns", col)
+    for key, setting, col in (
+        (SUBJECT, "dataset.subject_column", ds.subject_column),
+        (STUDY, "dataset.study_column", ds.study_column),
+        (SPLIT, "dataset.split_column", ds.split_column),
+    ):
+        if col:
+            wanted[key] = (setting, col)
+    missing = [(setting, col) for setting, col in wanted.values() if col not in names]
+    if missing:
+        hints = "; ".join(
+            f"{setting}={col!r} is not a column.{did_you_mean(str(col), names)}" for setting, col in missing
+        )
+        raise PipelineError("E_DUMP_COLUMNS", f"{where}: {hints} Columns: {', '.join(names)}.")
+    return {key: str(col) for key, (_, col) in wanted.items()}
+
+
+def _is_parquet(loc: Location) -> bool:
+    return loc.path.lower().endswith(PARQUET_SUFFIXES)
+
+
+def _batches(loc: Location, columns: dict[str, str]) -> Iterator[pa.Table]:
+    """The needed columns, renamed to the staged names: text columns as bytes, the rest as strings."""
+    # Text is read as bytes so that a row in another encoding is one reject, not a failed read.
+    binary = [c for k, c in columns.items() if _is_text(k)]
+    sources = list(dict.fromkeys(columns.values()))
+    if _is_parquet(loc):
+        with loc.open("rb") as fh:
+            for batch in pq.ParquetFile(fh).iter_batches(batch_size=65_536, columns=sources):
+                yield _rename(pa.Table.from_batches([batch]), columns)
+    else:
+        for batch in iter_csv(loc, sources, binary=binary):
+            yield _rename(pa.Table.from_batches([batch]), columns)
+
+
+def _is_text(key: str) -> bool:
+    return key.startswith("t") and key[1:].isdigit()
+
+
+def _rename(table: pa.Table, columns: dict[str, str]) -> pa.Table:
+    out = {}
+    for key, col in columns.items():
+        arr = table[col]
+        is_bytes = pa.types.is_binary(arr.type) or pa.types.is_large_binary(arr.type)
+        if _is_text(key):
+            if not is_bytes and not pa.types.is_string(arr.type) and not pa.types.is_large_string(arr.type):
+                arr = arr.cast(pa.string())
+            arr = arr.cast(pa.binary())
+        elif not pa.types.is_string(arr.type):
+            arr = arr.cast(pa.string())
+        out[key] = arr
+    return pa.table(out)
+
+
+def plan(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
+    """Part specs of a table of reports (``dataset.path``), ``part_size`` rows each.
+
+    Raises PipelineError: E_CONFIG (no id column, or not exactly one of text_column/text_columns),
+    E_DUMP_MISSING (no such file), E_DUMP_COLUMNS (a configured column is missing, with
+    suggestions).
+    """
+    texts = _text_columns(config)
+    loc = require(config.dataset.path, "dataset.path", "table of reports")
+    if _is_parquet(loc):
+        with loc.open("rb") as fh:
+            names = list(pq.ParquetFile(fh).schema_arrow.names)
+    else:
+        names = csv_columns(loc)
+    columns = _check(names, config, texts, loc.url)
+    seen: set[str] = set()
+    files: dict[int, list[str]] = {}
+    row = 0
+    for b, table in enumerate(_batches(loc, columns)):
+        n = table.num_rows
+        ids = [decode_id(x) for x in table[ID].to_pylist()]
+        codes: list[str | None] = [None] * n
+        details: list[str | None] = [None] * n
+        for i, rid in enumerate(ids):
+            if not rid:
+                codes[i], details[i] = "missing_id", f"row {row + i + 2}: {config.dataset.id_column} is empty"
+                ids[i] = f"row {row + i + 2}"
+            elif rid in seen:
+                codes[i], details[i] = (
+                    "duplicate_id",
+                    f"row {row + i + 2}: id {rid!r} seen before (first kept)",
+                )
+            else:
+                seen.add(rid)
+        table = (
+            table.set_column(table.schema.get_field_index(ID), ID, pa.array(ids, pa.string()))
+            .append_column(ROWNO, pa.array(np.arange(row, row + n, dtype=np.int64) + 2))
+            .append_column(REJECT, pa.array(codes, pa.string()))
+            .append_column(DETAIL, pa.array(details, pa.string()))
+        )
+        parts = np.arange(row, row + n, dtype=np.int64) // ctx.part_size
+        part_files(ctx.staging_dir, f"table-b{b:05d}", table, parts, files)
+        row += n
+    log.info("table: %d rows from %s", row, loc.url)
+    sections = tuple(c.lower() for c in texts) if len(texts) > 1 or config.dataset.text_columns else ()
+    dump = digest(loc.signature(), repr(columns))
+    return [
+        PartSpec(
+            adapter=SOURCE,
+            index=p,
+            staged=(("rows", tuple(files.get(p, ()))),),
+            root=posixpath.dirname(loc.url),
+            sections=sections,
+            digest=dump,
+        )
+        for p in range(max(files, default=-1) + 1)
+    ]
+
+
+def read(spec: PartSpec, config: IngestConfig) -> PartResult:
+    """Reports of one part of a table; sections spans when the text came from several columns."""
+    rejects = Rejects()
+    rows: list[tuple[Any, ...]] = []
+    table = read_staged(spec.files("rows"))
+    n = 0 if table is None else table.num_rows
+    if table is not None:
+        cols = {name: table[name].to_pylist() for name in table.column_names}
+        text_keys = sorted((k for k in cols if _is_text(k)), key=lambda k: int(k[1:]))
+        subjects, studies, splits = cols.get(SUBJECT), cols.get(STUDY), cols.get(SPLIT)
+        for i, rid in enumerate(cols[ID]):
+            if cols[REJECT][i]:
+                rejects.add(REPORTS, rid, cols[REJECT][i], cols[DETAIL][i])
+                continue
+            bodies = [decode_text(cols[k][i]) for k in text_keys]
+            if any(body is None for body in bodies):
+                text, sections = None, None
+            elif spec.sections:
+                text, spans = sectioned_text(zip(spec.sections, bodies, strict=True))  # type: ignore[arg-type]
+                sections = spans or None
+            else:
+                text, sections = bodies[0], None
+            problem = check_text(text, config.max_chars)
+            if problem:
+                rejects.add(REPORTS, rid, problem[0], f"row {cols[ROWNO][i]}: {problem[1]}")
+                continue
+            rows.append(
+                (
+                    rid,
+                    _opt(subjects, i),
+                    _opt(studies, i),
+                    normalise_split(_opt(splits, i)),
+                    SOURCE,
+                    f"row {cols[ROWNO][i]}",
+                    text,
+                    sections,
+                )
+            )
+    return PartResult(
+        tables={
+            REPORTS: build(REPORTS, rows),
+            IMAGES: build(IMAGES, []),
+            LABELS: build(LABELS, []),
+            "rejects": rejects.table(),
+        },
+        rows_in={REPORTS: n, IMAGES: 0, LABELS: 0},
+    )
+
+
+def _opt(values: list[Any] | None, i: int) -> str | None:
+    if values is None:
+        return None
+    value = values[i]
+    return (value.strip() or None) if isinstance(value, str) else value
