@@ -117,8 +117,10 @@ def code_version(stage: Stage) -> str:
     """
     module_file = Path(__import__(stage.module, fromlist=["_"]).__file__ or "")
     package_dir = module_file.parent
+    # A stage in a package: the whole package (code and data files). A lone module: itself.
+    files = sorted(package_dir.rglob("*")) if (package_dir / "__init__.py").exists() else [module_file]
     digest = hashlib.sha256()
-    for path in sorted(package_dir.rglob("*")):
+    for path in files:
         if (
             path.suffix in {".py", ".yaml", ".yml", ".json", ".tsv", ".txt"}
             and "__pycache__" not in path.parts
