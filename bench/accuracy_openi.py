@@ -1,0 +1,369 @@
+"""Accuracy and speed of the extract stage on Open-i (IU X-ray) against its gold CXR14 labels.
+
+    python bench/accuracy_openi.py [data=../shared/data] [limit=0] [naive=true]
+
+Reports are built from Open-i's four text columns as
+"INDICATION: ...\\n\\nCOMPARISON: ...\\n\\nFINDINGS: ...\\n\\nIMPRESSION: ..." (empty columns skipped),
+uid as report_id. Until the runner's ``dag=labels`` run replaces it, the script calls the parse
+stage function when it exists (else a plain sentence splitter here) and ``extract`` directly, in
+this one process.
+
+Which sections count: the gold labels describe the findings and impression (MeSH coding of the
+whole exam), so ``ExtractConfig(labeled_sections=("findings", "impression"))``: indication and
+comparison never count (an indication saying "rule out pneumonia" is not a finding).
+
+Gold mapping, CXR14 -> CheXpert (the 8 findings both vocabularies have):
+    Atelectasis -> Atelectasis, Cardiomegaly -> Cardiomegaly, Consolidation -> Consolidation,
+    Edema -> Edema, Effusion -> Pleural Effusion, Pneumonia -> Pneumonia,
+    Pneumothorax -> Pneumothorax, Mass or Nodule -> Lung Lesion.
+Gold has no uncertain class, so each figure is given under both policies: uncertain (-1) counted
+positive, and uncertain counted negative. The hard-negative false-positive rate is over the
+(report, finding) pairs whose finding is mentioned in a counted section but is 0 in gold: the share
+we label positive (the pairs a keyword matcher gets wrong).
+
+The naive design-card pipeline is run for comparison: spaCy blank + an EntityRuler fed the CheXpert
+labeler's mention phrases (read at run time from shared/data) + negspacy with its default
+``en_clinical`` termset, over the same findings+impression text.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import sys
+import time
+from pathlib import Path
+
+import pyarrow as pa
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from rich.console import Console  # noqa: E402
+from rich.table import Table  # noqa: E402
+
+from pipeline.core.schemas import conform  # noqa: E402
+from pipeline.text.extract import ExtractConfig, extract  # noqa: E402
+from pipeline.text.nlp import load_engine  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+COLUMNS = ("indication", "comparison", "findings", "impression")
+GOLD_MAP: dict[str, tuple[str, ...]] = {
+    "Atelectasis": ("Atelectasis",),
+    "Cardiomegaly": ("Cardiomegaly",),
+    "Consolidation": ("Consolidation",),
+    "Edema": ("Edema",),
+    "Pleural Effusion": ("Effusion",),
+    "Pneumonia": ("Pneumonia",),
+    "Pneumothorax": ("Pneumothorax",),
+    "Lung Lesion": ("Mass", "Nodule"),
+}
+LABELED = ("findings", "impression")
+
+
+def load_openi(data: Path, limit: int = 0) -> tuple[list[dict], dict[str, dict[str, int]]]:
+    """Open-i reports as dicts (report_id, text, sections) and gold labels by report_id."""
+    reports = []
+    with (data / "openi" / "reports.csv").open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            parts, sections, pos = [], [], 0
+            for col in COLUMNS:
+                body = (row.get(col) or "").strip()
+                if not body:
+                    continue
+                head = f"{col.upper()}: "
+                if parts:
+                    pos += 2
+                start = pos + len(head)
+                parts.append(head + body)
+                sections.append({"name": col, "start": start, "end": start + len(body)})
+                pos = start + len(body)
+            reports.append({"report_id": row["uid"], "text": "\n\n".join(parts), "sections": sections})
+            if limit and len(reports) >= limit:
+                break
+    gold: dict[str, dict[str, int]] = {}
+    with (data / "openi" / "labels_cxr14.csv").open(newline="", encoding="utf-8") as fh:
+        for row in csv.DictReader(fh):
+            gold[row["filename"].removeprefix("CXR")] = {k: int(v) for k, v in row.items() if k != "filename"}
+    return reports, gold
+
+
+def reports_table(reports: list[dict]) -> pa.Table:
+    n = len(reports)
+    return pa.table(
+        {
+            "report_id": [r["report_id"] for r in reports],
+            "subject_id": pa.array([None] * n, pa.string()),
+            "study_id": pa.array([None] * n, pa.string()),
+            "split": pa.array([None] * n, pa.string()),
+            "source": ["table"] * n,
+            "path": pa.array([None] * n, pa.string()),
+            "text": [r["text"] for r in reports],
+            "sections": pa.array(
+                [r["sections"] for r in reports],
+                pa.list_(pa.struct([("name", pa.string()), ("start", pa.int32()), ("end", pa.int32())])),
+            ),
+        }
+    )
+
+
+_SENTENCE = re.compile(r"\S(?:.*?)(?:(?<!\b[a-z])(?<!\bDr)\.(?=\s|$)|\?(?=\s|$)|$)", re.S)
+
+
+def split_sentences(reports: list[dict]) -> dict[str, pa.Table]:
+    """Fallback parse used only while pipeline/text/parse.py does not exist: sections from the
+    table structure, sentences at '. ' / '? ' / blank lines, numbered across the report."""
+    sec_rows: dict[str, list] = {
+        k: [] for k in ("report_id", "section_idx", "section", "header", "text", "start", "end", "is_labeled")
+    }
+    sent_rows: dict[str, list] = {
+        k: [] for k in ("report_id", "section", "section_idx", "sentence_idx", "text", "start", "end")
+    }
+    for r in reports:
+        idx = 0
+        for k, sec in enumerate(r["sections"]):
+            body = r["text"][sec["start"] : sec["end"]]
+            for name, value in (
+                ("report_id", r["report_id"]),
+                ("section_idx", k),
+                ("section", sec["name"]),
+                ("header", sec["name"].upper()),
+                ("text", body),
+                ("start", sec["start"]),
+                ("end", sec["end"]),
+                ("is_labeled", sec["name"] == "impression"),
+            ):
+                sec_rows[name].append(value)
+            for para in re.finditer(r"[^\n]+", body):
+                for m in _SENTENCE.finditer(para.group()):
+                    text = m.group().strip()
+                    if not text:
+                        continue
+                    start = sec["start"] + para.start() + m.start()
+                    for name, value in (
+                        ("report_id", r["report_id"]),
+                        ("section", sec["name"]),
+                        ("section_idx", k),
+                        ("sentence_idx", idx),
+                        ("text", text),
+                        ("start", start),
+                        ("end", start + len(text)),
+                    ):
+                        sent_rows[name].append(value)
+                    idx += 1
+    return {"sections": pa.table(sec_rows), "sentences": pa.table(sent_rows)}
+
+
+def parse_tables(reports: list[dict]) -> tuple[dict[str, pa.Table], str]:
+    """Sections and sentences from the parse stage function when it exists, else the fallback."""
+    table = conform(reports_table(reports), "reports")
+    try:
+        from pipeline.text import parse as parse_mod  # type: ignore[attr-defined]
+    except ImportError:
+        return {
+            "reports": table,
+            **split_sentences(reports),
+        }, "fallback splitter (no pipeline/text/parse.py yet)"
+    configs = [
+        obj
+        for name, obj in vars(parse_mod).items()
+        if name.endswith("Config") and isinstance(obj, type) and obj.__module__ == parse_mod.__name__
+    ]
+    config_cls = getattr(parse_mod, "ParseConfig", None) or (configs[0] if configs else None)
+    out = parse_mod.parse({"reports": table}, config=config_cls() if config_cls else None)
+    return {
+        "reports": table,
+        "sections": out["sections"],
+        "sentences": out["sentences"],
+    }, "pipeline.text.parse"
+
+
+def prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
+    p = tp / (tp + fp) if tp + fp else float("nan")
+    r = tp / (tp + fn) if tp + fn else float("nan")
+    f = 2 * p * r / (p + r) if tp and p + r else 0.0
+    return p, r, f
+
+
+def score(
+    pred: dict[str, dict[str, float | None]], gold: dict[str, dict[str, int]], uncertain_positive: bool
+) -> dict[str, tuple[float, float, float]]:
+    out = {}
+    for obs, cols in GOLD_MAP.items():
+        tp = fp = fn = 0
+        for rid, labels in pred.items():
+            value = labels.get(obs)
+            yes = value == 1.0 or (uncertain_positive and value == -1.0)
+            truth = any(gold[rid][c] for c in cols)
+            tp += yes and truth
+            fp += yes and not truth
+            fn += truth and not yes
+        out[obs] = prf(tp, fp, fn)
+    return out
+
+
+def macro(scores: dict[str, tuple[float, float, float]]) -> float:
+    return sum(s[2] for s in scores.values()) / len(scores)
+
+
+def hard_negative_fp(mentions: pa.Table, pred, gold, uncertain_positive: bool) -> tuple[int, int]:
+    """(positives among mentioned-but-gold-0 pairs, number of such pairs)."""
+    mentioned: set[tuple[str, str]] = set()
+    for rid, obs, counted in zip(
+        *(mentions.column(c).to_pylist() for c in ("report_id", "observation", "in_labeled_section")),
+        strict=True,
+    ):
+        if counted and obs in GOLD_MAP:
+            mentioned.add((rid, obs))
+    pairs = [(rid, obs) for rid, obs in mentioned if not any(gold[rid][c] for c in GOLD_MAP[obs])]
+    wrong = 0
+    for rid, obs in pairs:
+        value = pred[rid].get(obs)
+        wrong += value == 1.0 or (uncertain_positive and value == -1.0)
+    return wrong, len(pairs)
+
+
+def naive_pipeline(data: Path, reports: list[dict]) -> tuple[dict[str, dict[str, float | None]], float]:
+    """The design-card baseline: blank spaCy + EntityRuler (labeler phrases) + default negspacy."""
+    import spacy
+    from negspacy.negation import Negex  # noqa: F401  (registers the "negex" factory)
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("sentencizer")
+    ruler = nlp.add_pipe("entity_ruler")
+    patterns = []
+    for path in sorted((data / "rules" / "chexpert-labeler" / "phrases" / "mention").glob("*.txt")):
+        label = path.stem.replace("_", " ").title()
+        for line in path.read_text().splitlines():
+            words = line.replace("_", " ").lower().split()
+            if not words:
+                continue
+            # The labeler matches its phrases as text prefixes ("atelecta" finds "atelectasis"):
+            # the last word is a prefix, the others whole words.
+            pattern = [{"LOWER": w} for w in words[:-1]] + [{"LOWER": {"REGEX": "^" + re.escape(words[-1])}}]
+            patterns.append({"label": label, "pattern": pattern})
+    ruler.add_patterns(patterns)
+    nlp.add_pipe("negex")
+    texts = []
+    for r in reports:
+        texts.append(
+            "\n".join(r["text"][s["start"] : s["end"]] for s in r["sections"] if s["name"] in LABELED)
+        )
+    start = time.perf_counter()
+    pred: dict[str, dict[str, float | None]] = {}
+    for r, doc in zip(reports, nlp.pipe(texts, batch_size=64), strict=True):
+        labels: dict[str, float | None] = {}
+        for ent in doc.ents:
+            value = 0.0 if ent._.negex else 1.0
+            labels[ent.label_] = max(labels.get(ent.label_, -1.0), value)
+        pred[r["report_id"]] = labels
+    return pred, time.perf_counter() - start
+
+
+def print_scores(title: str, rows: list[tuple[str, dict]]) -> None:
+    table = Table(title=title)
+    table.add_column("finding")
+    for name, _ in rows:
+        for m in ("P", "R", "F1"):
+            table.add_column(f"{name} {m}", justify="right")
+    for obs in GOLD_MAP:
+        cells = []
+        for _, scores in rows:
+            cells.extend("-" if math.isnan(v) else f"{v:.3f}" for v in scores[obs])
+        table.add_row(obs + (" (Mass|Nodule)" if obs == "Lung Lesion" else ""), *cells)
+    cells = []
+    for _, scores in rows:
+        cells.extend(["", "", f"{macro(scores):.3f}"])
+    table.add_row("macro", *cells)
+    Console(width=160).print(table)
+
+
+def print_figures(title: str, rows: list[tuple[str, str]]) -> None:
+    table = Table(title=title)
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, value in rows:
+        table.add_row(name, value)
+    Console(width=160).print(table)
+
+
+def no_finding_vs_normal(
+    pred: dict[str, dict], gold: dict[str, dict[str, int]]
+) -> tuple[float, float, float]:
+    """Our No Finding (1.0) against Open-i's `normal` code (MeSH "normal")."""
+    tp = fp = fn = 0
+    for rid, labels in pred.items():
+        yes = labels.get("No Finding") == 1.0
+        truth = bool(gold[rid]["normal"])
+        tp += yes and truth
+        fp += yes and not truth
+        fn += truth and not yes
+    return prf(tp, fp, fn)
+
+
+def main(argv: list[str]) -> None:
+    args = dict(a.split("=", 1) for a in argv)
+    data = Path(args.get("data", REPO.parent / "shared" / "data"))
+    reports, gold = load_openi(data, int(args.get("limit", 0)))
+
+    t_load = time.perf_counter()
+    load_engine()  # once per worker process in a real run; not part of the per-report cost
+    t_load = time.perf_counter() - t_load
+    t0 = time.perf_counter()
+    tables, parser = parse_tables(reports)
+    t1 = time.perf_counter()
+    out = extract(tables, config=ExtractConfig(labeled_sections=LABELED))
+    t2 = time.perf_counter()
+    out_warm = extract(tables, config=ExtractConfig(labeled_sections=LABELED))
+    t3 = time.perf_counter()
+    assert out_warm["labels"].equals(out["labels"])
+
+    pred = {row["report_id"]: row for row in out["labels"].to_pylist()}
+    for r in reports:
+        pred.setdefault(r["report_id"], {})
+    pos = score(pred, gold, uncertain_positive=True)
+    neg = score(pred, gold, uncertain_positive=False)
+    print_scores(
+        f"Open-i, {len(reports)} reports: extract vs gold CXR14", [("unc→pos", pos), ("unc→neg", neg)]
+    )
+    hn_pos = hard_negative_fp(out["mentions"], pred, gold, True)
+    hn_neg = hard_negative_fp(out["mentions"], pred, gold, False)
+
+    nf = no_finding_vs_normal(pred, gold)
+    figures = [
+        ("sentences from", parser),
+        ("macro-F1 over the 8 (uncertain → positive)", f"{macro(pos):.3f}"),
+        ("macro-F1 over the 8 (uncertain → negative)", f"{macro(neg):.3f}"),
+        (
+            "min F1 (uncertain → positive / negative)",
+            f"{min(s[2] for s in pos.values()):.3f} / {min(s[2] for s in neg.values()):.3f}",
+        ),
+        (
+            "hard-negative FP rate (uncertain → positive)",
+            f"{hn_pos[0]}/{hn_pos[1]} = {hn_pos[0] / max(hn_pos[1], 1):.2%}",
+        ),
+        (
+            "hard-negative FP rate (uncertain → negative)",
+            f"{hn_neg[0]}/{hn_neg[1]} = {hn_neg[0] / max(hn_neg[1], 1):.2%}",
+        ),
+        ("No Finding vs Open-i 'normal' (P / R / F1)", " / ".join(f"{v:.3f}" for v in nf)),
+        ("spaCy pipeline load, once per process (s)", f"{t_load:.2f}"),
+        ("parse (s)", f"{t1 - t0:.2f}"),
+        ("extract, cold memo (s)", f"{t2 - t1:.2f}"),
+        ("parse + extract, cold memo (reports/s, 1 core)", f"{len(reports) / (t2 - t0):,.0f}"),
+        ("extract, warm memo (reports/s, 1 core)", f"{len(reports) / (t3 - t2):,.0f}"),
+        ("mentions", f"{out['mentions'].num_rows:,}"),
+    ]
+    if args.get("naive", "true") != "false":
+        naive_pred, naive_s = naive_pipeline(data, reports)
+        naive_scores = score(naive_pred, gold, uncertain_positive=True)
+        figures += [
+            ("naive design-card pipeline macro-F1", f"{macro(naive_scores):.3f}"),
+            ("naive design-card pipeline (reports/s, 1 core)", f"{len(reports) / naive_s:,.0f}"),
+        ]
+    print_figures("Open-i figures", figures)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

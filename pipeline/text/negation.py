@@ -1,0 +1,179 @@
+"""Negation and uncertainty with negspacy's NegEx, plus the cue that decided each status.
+
+negspacy's ``Negex`` only sets a boolean on each entity. :class:`CueNegex` keeps its termset
+handling (phrase matcher, pseudo-negation filtering, termination boundaries, the boolean extension)
+and also records which cue fired, so every mention carries a ``cue`` and a stable ``rule`` id
+(``neg.preceding.no``, ``unc.following.cannot_be_excluded``). Two instances run: one with the
+negation termset, one with the uncertainty termset (both from the lexicon data files).
+
+Docs reaching these components are single sentences (the extract stage feeds sentences), so the
+only boundaries are the termination phrases ("but", "however", ";").
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from negspacy.negation import Negex
+from spacy.language import Language
+from spacy.tokens import Doc, Span
+
+_PUNCT_NAMES = {"?": "question_mark", ";": "semicolon", ":": "colon", ".": "period", ",": "comma"}
+
+
+def rule_slug(phrase: str) -> str:
+    """A rule-id fragment for a cue phrase: ``"cannot be excluded"`` -> ``cannot_be_excluded``."""
+    if phrase in _PUNCT_NAMES:
+        return _PUNCT_NAMES[phrase]
+    slug = re.sub(r"[^a-z0-9]+", "_", phrase.lower()).strip("_")
+    return slug or "symbol"
+
+
+@dataclass(frozen=True)
+class Cue:
+    """A cue match in token offsets of its doc. ``direction`` is preceding or following."""
+
+    direction: str
+    start: int
+    end: int
+    text: str
+    rule: str
+
+    def distance(self, ent_start: int, ent_end: int) -> int:
+        if self.direction == "preceding":
+            return max(ent_start - self.end, 0)
+        return max(self.start - ent_end, 0)
+
+
+@Language.factory(
+    "clip2clinic_negex",
+    default_config={
+        "neg_termset": None,
+        "extension_name": "c2c_neg",
+        "rule_prefix": "neg",
+        "ent_types": [],
+        "probable_terms": [],
+        "probable_prefix": None,
+    },
+)
+def make_cue_negex(
+    nlp, name, neg_termset, extension_name, rule_prefix, ent_types, probable_terms, probable_prefix
+):  # type: ignore[no-untyped-def]
+    # No annotations: spaCy validates factory arguments from them, and this module's postponed
+    # (string) annotations cannot be resolved there.
+    return CueNegex(
+        nlp,
+        name,
+        neg_termset,
+        ent_types,
+        extension_name,
+        [],
+        rule_prefix,
+        probable_terms=probable_terms,
+        probable_prefix=probable_prefix,
+    )
+
+
+class CueNegex(Negex):
+    """negspacy's Negex that also records the deciding cue on each entity.
+
+    Sets ``span._.<extension_name>`` (bool, as Negex does) and ``span._.<extension_name>_cue``
+    (a :class:`Cue` or None). The deciding cue is the nearest one in the entity's boundary: the
+    last preceding cue before it, or the first following cue after it, whichever is closer.
+    All cues and boundaries of the doc are kept in ``doc.user_data["<extension_name>"]``.
+    """
+
+    def __init__(
+        self,
+        nlp: Language,
+        name: str,
+        neg_termset: dict,
+        ent_types: list,
+        extension_name: str,
+        chunk_prefix: list,
+        rule_prefix: str,
+        probable_terms: list[str] | None = None,
+        probable_prefix: str | None = None,
+    ) -> None:
+        super().__init__(nlp, name, neg_termset, ent_types, extension_name, chunk_prefix)
+        self.cue_extension = f"{extension_name}_cue"
+        Span.set_extension(self.cue_extension, default=None, force=True)
+        self.rule_prefix = rule_prefix
+        # cues given another rule prefix ("likely"), keyed by their lower-cased tokens
+        self.probable_prefix = probable_prefix
+        self.probable = {" ".join(t.lower_ for t in doc) for doc in nlp.tokenizer.pipe(probable_terms or [])}
+        # rule ids name the termset phrase ("cannot be excluded"), not its tokens ("can not ...")
+        self.phrases: dict[str, str] = {}
+        for phrase in [*neg_termset["preceding_negations"], *neg_termset["following_negations"]]:
+            self.phrases.setdefault(" ".join(t.lower_ for t in nlp.make_doc(phrase)), phrase)
+        self._label_direction = {
+            nlp.vocab.strings["Preceding"]: "preceding",
+            nlp.vocab.strings["Following"]: "following",
+        }
+
+    def termination_boundaries(self, doc: Doc, terminating: list) -> list[tuple[int, int]]:
+        # Negex reads doc.sents, which a blank pipeline does not set; a doc here is one sentence.
+        starts = sorted({0, *(t[1] for t in terminating), len(doc)})
+        return [(a, b) for a, b in zip(starts, starts[1:], strict=False) if a < b]
+
+    def _cue(self, match_id: int, start: int, end: int, doc: Doc) -> Cue:
+        direction = self._label_direction[match_id]
+        span = doc[start:end]
+        key = " ".join(t.lower_ for t in span)
+        prefix = self.probable_prefix if key in self.probable else self.rule_prefix
+        return Cue(
+            direction, start, end, span.text, f"{prefix}.{direction}.{rule_slug(self.phrases.get(key, key))}"
+        )
+
+    def negex(self, doc: Doc) -> Doc:
+        preceding, following, terminating = self.process_negations(doc)
+        boundaries = self.termination_boundaries(doc, terminating)
+        cues = [self._cue(m, s, e, doc) for m, s, e in preceding + following]
+        for b_start, b_end in boundaries:
+            inside = [c for c in cues if b_start <= c.start < b_end]
+            if not inside:
+                continue
+            preceding_spans = [(c.start, c.end) for c in inside if c.direction == "preceding"]
+            for ent in doc[b_start:b_end].ents:
+                if self.ent_types and ent.label_ not in self.ent_types:
+                    continue
+                best: Cue | None = None
+                for cue in inside:
+                    # Negex's own scope rules: a preceding cue starts before the entity, a
+                    # following cue ends after it. Ours adds one limit: a following cue does not
+                    # reach back past a preceding cue, so in "opacity may represent atelectasis
+                    # versus pneumonia" the "versus" hedges atelectasis, not the opacity.
+                    reaches = (cue.direction == "preceding" and cue.start < ent.start) or (
+                        cue.direction == "following"
+                        and cue.end > ent.end
+                        and not any(
+                            ent.end <= p_start and p_end <= cue.start for p_start, p_end in preceding_spans
+                        )
+                    )
+                    if reaches and (
+                        best is None or cue.distance(ent.start, ent.end) < best.distance(ent.start, ent.end)
+                    ):
+                        best = cue
+                if best is not None:
+                    ent._.set(self.extension_name, True)
+                    ent._.set(self.cue_extension, best)
+        doc.user_data[self.extension_name] = {"cues": cues, "boundaries": boundaries}
+        return doc
+
+
+def decide(neg: Cue | None, unc: Cue | None, span: tuple[int, int], ents_between: bool) -> Cue | None:
+    """Pick the cue that decides a mention's status when both termsets reach it.
+
+    The nearer cue wins, except that a preceding negation before a preceding hedge wins when no
+    other mention lies between them: "no findings suggestive of pneumonia" denies pneumonia, while
+    in "no pneumothorax, possible effusion" the negation belongs to the pneumothorax. On a tie
+    (overlapping cues) the hedge wins, as in the CheXpert labeler's pre-negation uncertainty.
+    ``span`` is the mention's token span; ``ents_between`` says whether a mention lies between
+    the negation cue and the hedge.
+    """
+    if neg is None or unc is None:
+        return neg or unc
+    if neg.direction == unc.direction == "preceding" and neg.end <= unc.start and not ents_between:
+        return neg
+    return neg if neg.distance(*span) < unc.distance(*span) else unc

@@ -1,0 +1,570 @@
+"""The spaCy text engine: blank English, scispacy's tokenizer, the lexicon matcher and two NegEx.
+
+:func:`load_engine` builds it once per process (``functools.cache``): a Dask worker pays the
+few seconds of set-up once. :meth:`TextEngine.analyse` turns sentence texts into mention tuples:
+
+* a sentence with no lexicon word (cheap lower-cased word check) never reaches spaCy;
+* results are memoised per distinct sentence text (radiology repeats itself: "No pneumothorax."),
+  as offsets relative to the sentence, in a bounded LRU;
+* the rest goes through ``nlp.pipe`` in one batch (never ``n_process > 1``).
+
+``Doc`` objects never leave this module.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import warnings
+from collections.abc import Iterable, Sequence
+from typing import NamedTuple
+
+import spacy
+from spacy.language import Language
+from spacy.matcher import PhraseMatcher
+from spacy.tokens import Doc, Span
+from spacy.util import filter_spans
+
+from pipeline.text import negation as _negation  # noqa: F401  (registers the clip2clinic_negex factory)
+from pipeline.text.lexicon import Anchor, Finding, Lexicon, load_lexicon
+from pipeline.text.negation import Cue, decide
+
+NEG_EXT = "c2c_neg"
+UNC_EXT = "c2c_unc"
+AUX_KEY = "c2c_aux"
+# How far (tokens) an anatomy/laterality word, a modifier, or an anchor's qualifier may sit from
+# its mention. Small on purpose: a word further away usually belongs to another mention.
+ANATOMY_WINDOW = 8
+MODIFIER_WINDOW = 4
+QUALIFIER_AFTER = 8
+QUALIFIER_BEFORE = 2
+
+
+class MentionHit(NamedTuple):
+    """One mention in a sentence; ``start``/``end`` are character offsets in the sentence text."""
+
+    start: int
+    end: int
+    text: str
+    finding: str
+    observation: str | None
+    status: str
+    cue: str | None
+    rule: str
+    anatomy: str | None
+    laterality: str | None
+    severity: str | None
+    size: str | None
+    temporal: str | None
+
+
+class _Matchers:
+    """A PhraseMatcher for plain terms plus a prefix matcher for ``prefix*`` terms, string keys.
+
+    A prefix term ("atelecta*", "plate atelecta*") has its ``*`` on the last token (the lexicon
+    checks that). It is matched by a ``str.startswith`` scan: spaCy's Matcher with REGEX
+    predicates cost a third of the stage's time for the same result.
+    """
+
+    def __init__(self, nlp: Language) -> None:
+        self.nlp = nlp
+        self.phrase = PhraseMatcher(nlp.vocab, attr="LOWER")
+        self.by_prefix: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
+        self.prefixes: tuple[str, ...] = ()
+        self.prefix_re: re.Pattern[str] | None = None
+
+    def add(self, key: str, terms: Iterable[str]) -> None:
+        phrases = []
+        key_id = self.nlp.vocab.strings.add(key)
+        for term in terms:
+            if not term.endswith("*"):
+                phrases.append(self.nlp.make_doc(term))
+                continue
+            head, _, last = term.rpartition(" ")
+            before = tuple(t.lower_ for t in self.nlp.make_doc(head)) if head else ()
+            self.by_prefix.setdefault(last[:-1], []).append((key_id, before))
+        self.prefixes = tuple(self.by_prefix)
+        self.prefix_re = re.compile("|".join(re.escape(p) for p in self.prefixes)) if self.prefixes else None
+        if phrases:
+            self.phrase.add(key, phrases)
+
+    def __call__(self, doc: Doc) -> list[tuple[int, int, int]]:
+        matches = self.phrase(doc)
+        prefixes = self.prefixes
+        if self.prefix_re is None or not self.prefix_re.search(doc.text.lower()):
+            return matches
+        for i, token in enumerate(doc):
+            low = token.lower_
+            if not low.startswith(prefixes):
+                continue
+            for prefix, entries in self.by_prefix.items():
+                if not low.startswith(prefix):
+                    continue
+                for key_id, before in entries:
+                    start = i - len(before)
+                    if start >= 0 and all(doc[start + k].lower_ == w for k, w in enumerate(before)):
+                        matches.append((key_id, start, i + 1))
+        return matches
+
+
+@Language.factory("clip2clinic_lexicon", default_config={"lexicon_dir": None})
+def make_lexicon_matcher(nlp, name, lexicon_dir):  # type: ignore[no-untyped-def]
+    # No annotations: spaCy validates factory arguments from them, and this module's postponed
+    # (string) annotations cannot be resolved there.
+    return LexiconMatcher(nlp, load_lexicon(lexicon_dir))
+
+
+class LexiconMatcher:
+    """Sets ``doc.ents`` to findings (label ``F|<id>``) and anchors (``A|<id>``), longest first,
+    and keeps anatomy (``N|<id>|<laterality>``), laterality (``L|<side>``), modifiers
+    (``M|<kind>|<value>``) and qualifiers (``Q|<group>``) in ``doc.user_data["c2c_aux"]``."""
+
+    def __init__(self, nlp: Language, lexicon: Lexicon) -> None:
+        self.lexicon = lexicon
+        self.ents = _Matchers(nlp)
+        for f in lexicon.findings.values():
+            self.ents.add(f"F|{f.id}", f.terms)
+        for a in lexicon.anchors.values():
+            self.ents.add(f"A|{a.id}", a.terms)
+        self.aux = _Matchers(nlp)
+        for anat in lexicon.anatomy:
+            self.aux.add(f"N|{anat.id}|{anat.laterality or ''}", anat.terms)
+        for side, terms in lexicon.laterality.items():
+            self.aux.add(f"L|{side}", terms)
+        for kind, groups in lexicon.modifiers.items():
+            for value, terms in groups.items():
+                self.aux.add(f"M|{kind}|{value}", terms)
+        for group, terms in lexicon.qualifiers.items():
+            self.aux.add(f"Q|{group}", terms)
+
+    def __call__(self, doc: Doc) -> Doc:
+        strings = doc.vocab.strings
+        spans = [Span(doc, s, e, label=m) for m, s, e in self.ents(doc)]
+        doc.ents = filter_spans(spans)
+        by_kind: dict[str, list[tuple[str, int, int]]] = {}
+        for m, s, e in self.aux(doc):
+            key = strings[m]
+            by_kind.setdefault(key[0] if key[0] != "M" else key[: key.index("|", 2)], []).append((key, s, e))
+        aux: list[tuple[str, int, int]] = []
+        for matches in by_kind.values():
+            aux.extend(_longest(matches))
+        doc.user_data[AUX_KEY] = aux
+        return doc
+
+
+def _longest(matches: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
+    """Non-overlapping matches, longest first (as spaCy's filter_spans, on tuples)."""
+    taken: set[int] = set()
+    out = []
+    for key, s, e in sorted(matches, key=lambda m: (m[1] - m[2], m[1])):
+        if not taken.intersection(range(s, e)):
+            out.append((key, s, e))
+            taken.update(range(s, e))
+    return out
+
+
+_SLASH = re.compile(r"(?<=[A-Za-z])/(?=[A-Za-z])")
+
+
+def _split_slashes(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Make a letter/letter slash an infix: "scarring/atelectasis" is two findings.
+
+    scispacy keeps "NG/OG" or "scarring/atelectasis" as one token, which hides the findings from
+    the matchers. Terms and cue phrases go through the same tokenizer, so "ng/og tube" or "and/or"
+    still match.
+    """
+    original = tokenizer.infix_finditer
+
+    def finditer(text: str) -> list[re.Match]:
+        matches = list(original(text))
+        if "/" in text:
+            matches = sorted([*matches, *_SLASH.finditer(text)], key=lambda m: m.start())
+        return matches
+
+    tokenizer.infix_finditer = finditer
+
+
+def build_nlp(lexicon_dir: str | None = None) -> Language:
+    """A fresh pipeline: tokenizer, lexicon matcher, negation NegEx, uncertainty NegEx."""
+    from scispacy.custom_tokenizer import combined_rule_tokenizer
+
+    lexicon = load_lexicon(lexicon_dir)
+    nlp = spacy.blank("en")
+    with warnings.catch_warnings():
+        # scispacy's tokenizer regexes trip a FutureWarning inside re.compile; nothing to fix here.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        nlp.tokenizer = combined_rule_tokenizer(nlp)
+    _split_slashes(nlp.tokenizer)
+    nlp.add_pipe("clip2clinic_lexicon", config={"lexicon_dir": lexicon.source})
+    for name, ext, termset in (
+        ("negation", NEG_EXT, lexicon.negation),
+        ("uncertainty", UNC_EXT, lexicon.uncertainty),
+    ):
+        nlp.add_pipe(
+            "clip2clinic_negex",
+            name=name,
+            config={
+                "neg_termset": termset.negspacy(),
+                "extension_name": ext,
+                "rule_prefix": termset.rule_prefix,
+                "probable_terms": list(termset.probable_preceding + termset.probable_following),
+                "probable_prefix": termset.probable_prefix,
+            },
+        )
+    return nlp
+
+
+class TextEngine:
+    """Sentence texts in, mention tuples out; one per process (see :func:`load_engine`)."""
+
+    def __init__(self, nlp: Language, lexicon: Lexicon, cache_size: int = 100_000) -> None:
+        self.nlp = nlp
+        self.lexicon = lexicon
+        self.cache_size = cache_size
+        self._cache: dict[str, tuple[MentionHit, ...]] = {}
+        self.stats = {"sentences": 0, "cached": 0, "skipped": 0, "parsed": 0}
+        words: set[str] = set()
+        prefixes: set[str] = set()
+        terms = [t for f in lexicon.findings.values() for t in f.terms]
+        terms += [t for a in lexicon.anchors.values() for t in a.terms]
+        for term in terms:
+            first = term.split(" ")[0]
+            if first.endswith("*"):
+                prefixes.add(first[:-1])
+            else:
+                words.update(re.findall(r"[a-z0-9]+", first)[:1])
+        self._words = frozenset(words)
+        self._prefixes = tuple(sorted(prefixes))
+        headers = sorted({h for h in lexicon.headers}, key=len, reverse=True)
+        self._header = re.compile(
+            r"(?i)(?<![A-Za-z])(?:" + "|".join(re.escape(h) for h in headers) + r")\s*:"
+        )
+        self._neg_prefix = lexicon.negation.rule_prefix + "."
+        self._probable_prefix = (
+            f"{lexicon.uncertainty.probable_prefix}." if lexicon.uncertainty.probable_prefix else None
+        )
+
+    # -- public ----------------------------------------------------------------------------------
+    def analyse(self, texts: Sequence[str], batch_size: int = 256) -> list[tuple[MentionHit, ...]]:
+        """Mentions of each sentence text, offsets relative to that text. Pure per text."""
+        out: list[tuple[MentionHit, ...] | None] = [None] * len(texts)
+        todo: dict[str, list[int]] = {}
+        cache = self._cache
+        self.stats["sentences"] += len(texts)
+        for i, text in enumerate(texts):
+            hit = cache.pop(text, None)
+            if hit is not None:
+                cache[text] = hit  # refresh: most recently used last
+                out[i] = hit
+                self.stats["cached"] += 1
+            elif text in todo:
+                todo[text].append(i)
+            elif not self._has_term(text):
+                out[i] = ()
+                self.stats["skipped"] += 1
+            else:
+                todo[text] = [i]
+        if todo:
+            uniq = list(todo)
+            prepared = [self._prepare(t) for t in uniq]
+            docs = self.nlp.pipe((p[0] for p in prepared), batch_size=batch_size)
+            for text, (_, offsets), doc in zip(uniq, prepared, docs, strict=True):
+                hits = tuple(self._to_original(h, text, offsets) for h in self._mentions(doc))
+                self.stats["parsed"] += 1
+                self._remember(text, hits)
+                for i in todo[text]:
+                    out[i] = hits
+        return out  # type: ignore[return-value]
+
+    def clear_cache(self) -> None:
+        self._cache.clear()
+
+    # -- text preparation --------------------------------------------------------------------------
+    def _has_term(self, text: str) -> bool:
+        lower = text.lower()
+        words, prefixes = self._words, self._prefixes
+        return any(w in words or w.startswith(prefixes) for w in re.findall(r"[a-z0-9]+", lower))
+
+    def _prepare(self, text: str) -> tuple[str, list[int] | None]:
+        """Mask leaked section headers and collapse whitespace; returns (text, offset map or None).
+
+        A header becomes ";" plus spaces (same length), so it ends any cue's scope and matches
+        nothing. The map sends each character of the prepared text back to the original.
+        """
+        if ":" in text:
+            text = self._header.sub(lambda m: ";" + " " * (len(m.group(0)) - 1), text)
+        if not re.search(r"\s\s|[^\S ]", text):
+            return text, None
+        chars: list[str] = []
+        offsets: list[int] = []
+        prev_space = True  # also drops leading whitespace
+        for i, ch in enumerate(text):
+            if ch.isspace():
+                if prev_space:
+                    continue
+                ch = " "
+                prev_space = True
+            else:
+                prev_space = False
+            chars.append(ch)
+            offsets.append(i)
+        offsets.append(len(text))
+        return "".join(chars), offsets
+
+    @staticmethod
+    def _to_original(hit: MentionHit, text: str, offsets: list[int] | None) -> MentionHit:
+        if offsets is None:
+            return hit
+        start = offsets[hit.start]
+        end = offsets[hit.end - 1] + 1
+        return hit._replace(start=start, end=end, text=text[start:end])
+
+    def _remember(self, text: str, hits: tuple[MentionHit, ...]) -> None:
+        cache = self._cache
+        if len(cache) >= self.cache_size:
+            for key in list(cache)[: max(1, self.cache_size // 10)]:
+                del cache[key]
+        cache[text] = hits
+
+    # -- one doc ------------------------------------------------------------------------------------
+    def _mentions(self, doc: Doc) -> list[MentionHit]:
+        ents = list(doc.ents)
+        if not ents:
+            return []
+        lex = self.lexicon
+        boundaries = doc.user_data[NEG_EXT]["boundaries"]
+        chunk = [0] * len(doc)
+        for k, (a, b) in enumerate(boundaries):
+            for i in range(a, b):
+                chunk[i] = k
+        attached, qualifiers = self._attach(doc, ents, chunk)
+        hits: list[MentionHit] = []
+        for j, ent in enumerate(ents):
+            kind, ident = ent.label_.split("|", 1)
+            mods = attached[j]
+            anatomy, laterality = self._anatomy_of(mods)
+            modifiers = (mods.get("severity"), mods.get("size"), mods.get("temporal"))
+            if kind == "F":
+                finding = lex.findings[ident]
+                if finding.kind == "statement":
+                    status, cue, rule = "present", None, f"statement.{finding.id}"
+                else:
+                    status, cue, rule = self._status(ent, ents, doc)
+                hits.append(
+                    self._hit(
+                        ent, finding, finding.observation, status, cue, rule, anatomy, laterality, modifiers
+                    )
+                )
+                continue
+            anchor = lex.anchors[ident]
+            qual = self._qualifier(ent, qualifiers, chunk)
+            for reading in anchor.readings:
+                finding = lex.findings[reading.finding]
+                observation = finding.observation if reading.counts_toward_label else None
+                if qual is not None and qual[0] in reading.when:
+                    status, cue, rule = self._qualified(ent, ents, doc, anchor, reading.when[qual[0]], qual)
+                elif reading.default == "present":
+                    status, cue, rule = self._status(ent, ents, doc)
+                else:
+                    continue
+                hits.append(
+                    self._hit(ent, finding, observation, status, cue, rule, anatomy, laterality, modifiers)
+                )
+        return hits
+
+    def _hit(
+        self,
+        ent: Span,
+        finding: Finding,
+        observation: str | None,
+        status: str,
+        cue: str | None,
+        rule: str,
+        anatomy: str | None,
+        laterality: str | None,
+        modifiers: tuple[str | None, str | None, str | None],
+    ) -> MentionHit:
+        if finding.refine and anatomy in finding.refine:
+            finding = self.lexicon.findings[finding.refine[anatomy]]
+            observation = finding.observation if observation is not None else None
+        return MentionHit(
+            ent.start_char,
+            ent.end_char,
+            ent.text,
+            finding.id,
+            observation,
+            status,
+            cue,
+            rule,
+            anatomy or finding.anatomy,
+            laterality,
+            *modifiers,
+        )
+
+    def _status(
+        self, ent: Span, ents: list[Span], doc: Doc, extra: Cue | None = None
+    ) -> tuple[str, str | None, str]:
+        neg: Cue | None = ent._.get(f"{NEG_EXT}_cue")
+        unc: Cue | None = ent._.get(f"{UNC_EXT}_cue")
+        if extra is not None:
+            if extra.rule.startswith(self._neg_prefix):
+                neg = extra
+            else:
+                unc = extra
+        between = False
+        if neg is not None and unc is not None and neg.end <= unc.start:
+            between = any(neg.end <= e.start and e.end <= unc.start for e in ents)
+        cue = decide(neg, unc, (ent.start, ent.end), between)
+        if cue is None:
+            return "present", None, "default.present"
+        if cue.rule.startswith(self._neg_prefix):
+            return "absent", cue.text, cue.rule
+        if self._probable_prefix and cue.rule.startswith(self._probable_prefix):
+            return "present", cue.text, cue.rule
+        return "uncertain", cue.text, cue.rule
+
+    def _qualified(
+        self,
+        ent: Span,
+        ents: list[Span],
+        doc: Doc,
+        anchor: Anchor,
+        status: str,
+        qual: tuple[str, int, int, str],
+    ) -> tuple[str, str | None, str]:
+        group, q_start, _, q_text = qual
+        if status == "absent":
+            return "absent", q_text, f"normal.{anchor.id}_{group}"
+        # "the heart is possibly enlarged": a cue between the anchor and its qualifier still counts.
+        inner = None
+        if q_start > ent.end:
+            for ext in (NEG_EXT, UNC_EXT):
+                for cue in doc.user_data[ext]["cues"]:
+                    between = cue.direction == "preceding" and ent.end <= cue.start and cue.end <= q_start
+                    if between and (inner is None or cue.start > inner.start):
+                        inner = cue
+        got = self._status(ent, ents, doc, extra=inner)
+        if got[1] is not None:
+            return got
+        return status, q_text, f"qual.{anchor.id}_{group}"
+
+    @staticmethod
+    def _qualifier(
+        ent: Span, qualifiers: list[tuple[str, int, int, str]], chunk: list[int]
+    ) -> tuple[str, int, int, str] | None:
+        """The nearest qualifier after (up to 8 tokens) or just before (up to 2) the anchor."""
+        best = None
+        best_d = 10**9
+        c = chunk[ent.start]
+        for q in qualifiers:
+            _, s, e, _ = q
+            if chunk[s] != c:
+                continue
+            if s >= ent.end and s - ent.end <= QUALIFIER_AFTER:
+                d = s - ent.end
+            elif e <= ent.start and ent.start - e <= QUALIFIER_BEFORE:
+                d = ent.start - e
+            else:
+                continue
+            if d < best_d or (d == best_d and s >= ent.end):
+                best, best_d = q, d
+        return best
+
+    def _attach(
+        self, doc: Doc, ents: list[Span], chunk: list[int]
+    ) -> tuple[list[dict[str, str]], list[tuple[str, int, int, str]]]:
+        """Give each anatomy/laterality/modifier match to its nearest mention in the same clause.
+
+        A word inside a finding belongs to it ("pleural" in "pleural effusion"). A word inside an
+        anchor belongs to the anchor, and its anatomy may also give a site to a generic finding
+        nearby: in "fractures of the right 5th ribs", "ribs" (an anchor of its own) refines the
+        fracture into a rib fracture.
+        """
+        findings = self.lexicon.findings
+        best: list[dict[str, tuple[int, str]]] = [{} for _ in ents]
+        qualifiers: list[tuple[str, int, int, str]] = []
+        finding_tokens = {i for ent in ents if ent.label_[0] == "F" for i in range(ent.start, ent.end)}
+
+        def give(j: int, distance: int, inside: bool, tag: str, key: str) -> None:
+            if tag == "N":
+                _, anat, lat = key.split("|")
+                slot, value = ("anatomy_in" if inside else "anatomy"), f"{anat}|{lat}"
+            elif tag == "L":
+                slot, value = "laterality", key[2:]
+            else:
+                _, slot, value = key.split("|")
+            old = best[j].get(slot)
+            if old is None or distance < old[0]:
+                best[j][slot] = (distance, value)
+
+        for key, s, e in doc.user_data[AUX_KEY]:
+            tag = key[0]
+            if tag == "Q":
+                # "engorgement" in "heart size and vascular engorgement appear normal" is the
+                # congestion finding, not a qualifier of the heart
+                if not finding_tokens.intersection(range(s, e)):
+                    qualifiers.append((key[2:], s, e, doc[s:e].text))
+                continue
+            window = MODIFIER_WINDOW if tag == "M" else ANATOMY_WINDOW
+            target, target_key = -1, (10**9, 1)
+            site_only = False  # inside an anchor: only a finding refined by this site may take it
+            for j, ent in enumerate(ents):
+                if chunk[ent.start] != chunk[s]:
+                    continue
+                if s >= ent.start and e <= ent.end:
+                    if ent.label_[0] == "F":
+                        target, target_key = j, (0, 0)
+                        break
+                    give(j, 0, True, tag, key)
+                    site_only = True
+                    continue
+                if s < ent.end and e > ent.start:
+                    d = 0
+                elif e <= ent.start:
+                    d = ent.start - e
+                else:
+                    d = s - ent.end
+                if d > window:
+                    continue
+                # on a tie the mention after the word wins: modifiers come first in English
+                rank = (d, 0 if e <= ent.start else 1)
+                if rank < target_key:
+                    target, target_key = j, rank
+            if target >= 0:
+                ent = ents[target]
+                if site_only and not (
+                    tag == "N"
+                    and ent.label_[0] == "F"
+                    and key.split("|")[1] in findings[ent.label_[2:]].refine
+                ):
+                    continue
+                give(target, target_key[0], s >= ent.start and e <= ent.end, tag, key)
+        return [{k: v for k, (_, v) in b.items()} for b in best], qualifiers
+
+    @staticmethod
+    def _anatomy_of(mods: dict[str, str]) -> tuple[str | None, str | None]:
+        packed = mods.get("anatomy") or mods.get("anatomy_in")
+        anatomy = implied = None
+        if packed:
+            anatomy, implied = packed.split("|")
+        return anatomy, mods.get("laterality") or implied or None
+
+
+def load_nlp(lexicon_dir: str | None = None) -> Language:
+    """The process-wide pipeline for ``lexicon_dir`` (None: the bundled lexicon), built once."""
+    return _nlp(load_lexicon(lexicon_dir).source)
+
+
+def load_engine(lexicon_dir: str | None = None, cache_size: int = 100_000) -> TextEngine:
+    """The process-wide :class:`TextEngine` (pipeline and sentence memo) for a lexicon."""
+    return _engine(load_lexicon(lexicon_dir).source, cache_size)
+
+
+@functools.cache
+def _nlp(source: str) -> Language:
+    return build_nlp(source)
+
+
+@functools.cache
+def _engine(source: str, cache_size: int) -> TextEngine:
+    return TextEngine(_nlp(source), load_lexicon(source), cache_size)

@@ -1,0 +1,341 @@
+"""The extract stage: every hard case of ARCHITECTURE §5 on hand-built sentences, then the stage.
+
+Sentence tables are built by hand here (``make_tables``) so these tests do not depend on the
+parse stage. The spaCy pipeline is built once per process (about 2 s) and shared by every test.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import pyarrow as pa
+import pytest
+
+from pipeline.core.errors import PipelineError
+from pipeline.core.schemas import load_schema
+from pipeline.text.extract import ExtractConfig, extract
+from pipeline.text.nlp import MentionHit, load_engine
+
+# a sentence ends at ". " or "? " or a blank line; single line breaks stay inside (wrapped text)
+_SENTENCE = re.compile(r"\S(?:.|\n(?!\s*\n))*?(?:[.?](?=\s|$)|(?=\n\s*\n)|$)")
+
+
+def make_tables(
+    reports: Mapping[str, Sequence[tuple[str, str]]], labeled: Sequence[str] = ("findings", "impression")
+) -> dict[str, pa.Table]:
+    """``reports``: id -> [(section, body), ...] to reports/sections/sentences tables.
+
+    The text is "SECTION: body" blocks joined by blank lines; a body splits into sentences at
+    ". "/"? " and blank lines; sections named in ``labeled`` get ``is_labeled``.
+    """
+    rep: dict[str, list] = {"report_id": [], "text": []}
+    sec: dict[str, list] = {
+        k: [] for k in ("report_id", "section_idx", "section", "header", "text", "start", "end", "is_labeled")
+    }
+    sen: dict[str, list] = {
+        k: [] for k in ("report_id", "section", "section_idx", "sentence_idx", "text", "start", "end")
+    }
+    for rid, parts in reports.items():
+        text, idx = "", 0
+        for k, (name, body) in enumerate(parts):
+            if text:
+                text += "\n\n"
+            text += f"{name.upper()}: "
+            start = len(text)
+            text += body
+            for key, value in zip(
+                sec,
+                (rid, k, name, name.upper(), body, start, start + len(body), name in labeled),
+                strict=True,
+            ):
+                sec[key].append(value)
+            for m in _SENTENCE.finditer(body):
+                s = m.group().rstrip()
+                s_start = start + m.start()
+                for key, value in zip(sen, (rid, name, k, idx, s, s_start, s_start + len(s)), strict=True):
+                    sen[key].append(value)
+                idx += 1
+        rep["report_id"].append(rid)
+        rep["text"].append(text)
+    sections = pa.table(sec, schema=load_schema("sections").arrow())
+    sentences = pa.table(sen, schema=load_schema("sentences").arrow())
+    return {"reports": pa.table(rep), "sections": sections, "sentences": sentences}
+
+
+def mentions(sentence: str) -> list[MentionHit]:
+    """The mentions the engine finds in one sentence."""
+    return list(load_engine().analyse([sentence])[0])
+
+
+def one(sentence: str, finding: str) -> MentionHit:
+    hits = [h for h in mentions(sentence) if h.finding == finding]
+    assert len(hits) == 1, (sentence, mentions(sentence))
+    return hits[0]
+
+
+def status(sentence: str, finding: str) -> str:
+    return one(sentence, finding).status
+
+
+# --- ARCHITECTURE §5 hard cases, one test each -------------------------------------------------------
+
+
+def test_header_leaked_into_sentence_is_masked_and_negation_holds():
+    hit = one("FINDINGS: No pneumothorax.", "pneumothorax")
+    assert (hit.status, hit.cue, hit.rule) == ("absent", "No", "neg.preceding.no")
+    # a header inside a sentence ends a cue's scope, and is never read as a finding
+    assert status("No acute disease IMPRESSION: small left effusion.", "pleural_effusion") == "present"
+
+
+def test_list_after_one_negation_negates_every_item():
+    hits = mentions("No consolidation, effusion, or pneumothorax.")
+    assert {(h.finding, h.status) for h in hits} == {
+        ("consolidation", "absent"),
+        ("pleural_effusion", "absent"),
+        ("pneumothorax", "absent"),
+    }
+
+
+def test_scope_ends_at_but():
+    assert status("No effusion but there is atelectasis.", "pleural_effusion") == "absent"
+    assert status("No effusion but there is atelectasis.", "atelectasis") == "present"
+    assert status("No pneumothorax; small left effusion.", "pleural_effusion") == "present"
+
+
+def test_pseudo_negations_deny_nothing_but_no_longer_does():
+    assert status("No change in the moderate left pleural effusion.", "pleural_effusion") == "present"
+    assert status("No significant interval change in cardiomegaly.", "cardiomegaly") == "present"
+    assert status("Not only is there cardiomegaly but also mild edema.", "cardiomegaly") == "present"
+    # "no longer seen": the finding was there and is gone now
+    hit = one("The pneumothorax is no longer seen.", "pneumothorax")
+    assert hit.status == "absent" and hit.rule.startswith("neg.following.no_longer")
+    assert status("No longer any evidence of pneumothorax.", "pneumothorax") == "absent"
+
+
+@pytest.mark.parametrize(
+    ("sentence", "finding", "rule"),
+    [
+        ("Pneumonia cannot be excluded.", "pneumonia", "unc.following.cannot_be_excluded"),
+        ("Opacity may represent atelectasis.", "atelectasis", "unc.preceding.may_represent"),
+        ("Atelectasis versus pneumonia.", "pneumonia", "unc.preceding.versus"),
+        ("Atelectasis versus pneumonia.", "atelectasis", "unc.following.versus"),
+        ("Possible small left effusion.", "pleural_effusion", "unc.preceding.possible"),
+        ("Findings suggestive of pneumonia.", "pneumonia", "unc.preceding.suggestive_of"),
+    ],
+)
+def test_hedges_make_mentions_uncertain(sentence, finding, rule):
+    hit = one(sentence, finding)
+    assert (hit.status, hit.rule) == ("uncertain", rule)
+
+
+def test_hedge_scope_and_probable_cues():
+    # the opacity is seen; only its reading is hedged
+    assert status("Opacity may represent atelectasis versus pneumonia.", "opacity") == "present"
+    # "cannot be excluded" is not a negation
+    assert status("Small effusion cannot be excluded.", "pleural_effusion") == "uncertain"
+    # a negation running through a hedge wins; a nearer hedge after a negated finding wins
+    assert status("No findings suggestive of pneumonia.", "pneumonia") == "absent"
+    assert status("No pneumothorax, possible small left effusion.", "pleural_effusion") == "uncertain"
+    # probable cues lean to presence: present, cue kept, rule says so
+    hit = one("Probable small left effusion.", "pleural_effusion")
+    assert (hit.status, hit.cue, hit.rule) == ("present", "Probable", "likely.preceding.probable")
+
+
+def test_indication_mentions_never_count():
+    tables = make_tables(
+        {"r1": [("indication", "Rule out pneumonia."), ("findings", "The lungs are clear.")]}
+    )
+    out = extract(tables, config=ExtractConfig())
+    (m,) = [m for m in out["mentions"].to_pylist() if m["finding"] == "pneumonia"]
+    assert (m["section"], m["status"], m["in_labeled_section"]) == ("indication", "uncertain", False)
+    assert out["labels"].to_pylist()[0]["Pneumonia"] is None
+    # even when the parse stage marks the indication as the labeled section
+    out = extract(
+        make_tables({"r1": [("indication", "Pneumonia.")]}, labeled=("indication",)), config=ExtractConfig()
+    )
+    assert out["mentions"].column("in_labeled_section").to_pylist() == [False]
+
+
+def test_normal_phrasings_deny_cardiomegaly_and_opacity():
+    hit = one("Heart size is normal.", "cardiomegaly")
+    assert (hit.status, hit.observation, hit.cue, hit.rule) == (
+        "absent",
+        "Cardiomegaly",
+        "normal",
+        "normal.heart_size_normal",
+    )
+    for sentence in (
+        "Normal heart size.",
+        "The heart is not enlarged.",
+        "Heart size upper limits of normal.",
+    ):
+        assert status(sentence, "cardiomegaly") == "absent", sentence
+    assert status("The cardiac silhouette is mildly enlarged.", "cardiomegaly") == "present"
+    assert status("The heart is possibly enlarged.", "cardiomegaly") == "uncertain"
+    # "lungs are clear" denies opacity as a fine finding but sets no CheXpert label: the
+    # CheXpert labeler leaves Lung Opacity blank for it (its sample reports 1 and 4)
+    hit = one("The lungs are clear.", "opacity")
+    assert (hit.status, hit.observation, hit.rule) == ("absent", None, "normal.lungs_clear")
+    assert one("Hyperexpanded but clear lungs.", "opacity").status == "absent"
+
+
+def test_temporal_words_keep_status_and_resolved_removes():
+    assert status("Right lower lobe pneumonia has resolved.", "pneumonia") == "absent"
+    assert status("Interval resolution of the left effusion.", "pleural_effusion") == "absent"
+    assert status("The endotracheal tube has been removed.", "endotracheal_tube") == "absent"
+    hit = one("Unchanged small left effusion.", "pleural_effusion")
+    assert (hit.status, hit.temporal, hit.size, hit.laterality) == ("present", "unchanged", "small", "left")
+    assert one("New right upper lobe opacity.", "opacity")[5:] == (
+        "present",
+        None,
+        "default.present",
+        "upper_lobe",
+        "right",
+        None,
+        None,
+        "new",
+    )
+    assert status("Cardiomegaly is again seen.", "cardiomegaly") == "present"
+    assert status("No new effusion.", "pleural_effusion") == "absent"
+
+
+def test_deidentification_holes_do_not_break_negation():
+    assert status("There are no XXXX of a pleural effusion.", "pleural_effusion") == "absent"
+    assert status("No ___ pleural effusion.", "pleural_effusion") == "absent"
+    hit = one("Normal chest x-XXXX.", "normal_study")
+    assert (hit.status, hit.rule) == ("present", "statement.normal_study")
+
+
+# --- lexicon coverage on mentions --------------------------------------------------------------------
+
+
+def test_anatomy_laterality_and_sites():
+    hit = one("Left lower lobe atelectasis.", "atelectasis")
+    assert (hit.anatomy, hit.laterality) == ("lower_lobe", "left")
+    assert one("Bibasilar atelectasis.", "atelectasis")[8:10] == ("base", "bilateral")
+    # a generic fracture takes the site written next to it
+    hit = one("Fracture of the right 5th rib.", "rib_fracture")
+    assert (hit.observation, hit.anatomy, hit.laterality) == ("Fracture", "rib", "right")
+    assert one("Mild cardiomegaly.", "cardiomegaly").severity == "mild"
+
+
+@pytest.mark.parametrize(
+    ("sentence", "finding", "observation"),
+    [
+        ("Right IJ central line tip in the SVC.", "central_venous_catheter", "Support Devices"),
+        ("Endotracheal tube 4 cm above the carina.", "endotracheal_tube", "Support Devices"),
+        ("NG/OG tube in the stomach.", "enteric_tube", "Support Devices"),
+        ("Left PICC line terminates in the SVC.", "picc", "Support Devices"),
+        ("Median sternotomy wires.", "sternotomy_wires", "Support Devices"),
+        ("Dual-chamber pacemaker.", "pacemaker", "Support Devices"),
+        ("Small hiatal hernia.", "hiatal_hernia", None),
+        ("Calcified granuloma in the right upper lobe.", "granuloma", None),
+        ("Right apical pleural thickening.", "pleural_thickening", "Pleural Other"),
+        ("Spiculated right upper lobe nodule.", "lung_nodule", "Lung Lesion"),
+        ("T12 compression fracture.", "vertebral_fracture", "Fracture"),
+        ("Minimal left basilar scarring/atelectasis.", "atelectasis", "Atelectasis"),
+    ],
+)
+def test_fine_findings_map_to_their_observation(sentence, finding, observation):
+    hit = one(sentence, finding)
+    assert (hit.status, hit.observation) == ("present", observation)
+
+
+def test_whitespace_and_newlines_inside_a_sentence():
+    text = "no\npneumothorax.   Heart  size   normal."
+    hits = mentions(text)
+    by_finding = {h.finding: h for h in hits}
+    assert by_finding["pneumothorax"].status == "absent"
+    assert text[by_finding["pneumothorax"].start : by_finding["pneumothorax"].end] == "pneumothorax"
+    assert by_finding["cardiomegaly"].text == "Heart  size"
+
+
+# --- the engine: prefilter and memo -----------------------------------------------------------------
+
+
+def test_memo_and_prefilter():
+    engine = load_engine()
+    before = dict(engine.stats)
+    first = engine.analyse(
+        ["No pneumothorax seen today.", "Comparison made with prior.", "No pneumothorax seen today."]
+    )
+    assert first[0] == first[2] and first[1] == ()
+    again = engine.analyse(["No pneumothorax seen today."])
+    assert again[0] == first[0]
+    stats = engine.stats
+    assert stats["skipped"] - before["skipped"] == 1  # no lexicon word: never reaches spaCy
+    assert stats["parsed"] - before["parsed"] <= 1  # the repeat is parsed once, then memoised
+    assert stats["cached"] - before["cached"] >= 1
+
+
+# --- the stage ---------------------------------------------------------------------------------------
+
+
+def test_stage_outputs_conform_and_account_for_every_report():
+    tables = make_tables(
+        {
+            "a": [("findings", "Left pleural effusion. No pneumothorax."), ("impression", "Small effusion.")],
+            "b": [("findings", "The lungs are clear. Heart size is normal.")],
+            "c": [],  # no sentence at all
+        }
+    )
+    out = extract(tables, config=ExtractConfig())
+    assert set(out) == {"mentions", "labels", "findings", "rejects"}
+    for name in ("mentions", "labels", "findings", "rejects"):
+        assert out[name].schema.equals(load_schema(name).arrow(), check_metadata=False)
+    assert out["labels"].column("report_id").to_pylist() == ["a", "b"]
+    assert out["rejects"].to_pylist() == [
+        {
+            "stage": "extract",
+            "dataset": "labels",
+            "row_id": "c",
+            "reason_code": "no_sentences",
+            "detail": "the parse stage found no sentence in this report",
+        }
+    ]
+    texts = dict(
+        zip(tables["reports"]["report_id"].to_pylist(), tables["reports"]["text"].to_pylist(), strict=True)
+    )
+    for m in out["mentions"].to_pylist():
+        assert texts[m["report_id"]][m["start"] : m["end"]] == m["text"]
+    labels = {r["report_id"]: r for r in out["labels"].to_pylist()}
+    assert labels["a"]["Pleural Effusion"] == 1.0 and labels["a"]["Pneumothorax"] == 0.0
+    assert labels["b"]["Cardiomegaly"] == 0.0 and labels["b"]["No Finding"] == 1.0
+    assert labels["b"]["Lung Opacity"] is None
+    findings = {(f["report_id"], f["finding"]): f for f in out["findings"].to_pylist()}
+    assert findings[("a", "pleural_effusion")]["n_mentions"] == 2
+    assert findings[("b", "opacity")]["observation"] == "Lung Opacity"  # the finding's, not the label's
+
+
+def test_labeled_sections_config_and_default_is_labeled():
+    tables = make_tables(
+        {"r": [("findings", "Small left effusion."), ("impression", "No acute disease.")]},
+        labeled=("impression",),
+    )
+    default = extract(tables, config=ExtractConfig())
+    assert default["labels"].to_pylist()[0]["Pleural Effusion"] is None  # findings not labeled by parse
+    # sentences v1 (no section_idx): the section is found by offset
+    v1 = extract({**tables, "sentences": tables["sentences"].drop(["section_idx"])}, config=ExtractConfig())
+    assert v1["mentions"].equals(default["mentions"])
+    chosen = extract(tables, config=ExtractConfig(labeled_sections=("findings", "impression")))
+    assert chosen["labels"].to_pylist()[0]["Pleural Effusion"] == 1.0
+
+
+def test_input_errors_are_structural():
+    tables = make_tables({"r": [("findings", "No effusion.")]})
+    with pytest.raises(PipelineError, match="needs the 'sentences' table") as err:
+        extract({"reports": tables["reports"], "sections": tables["sections"]}, config=ExtractConfig())
+    assert err.value.code == "E_EXTRACT_INPUT"
+    with pytest.raises(PipelineError, match=r"lacks columns \['start'\]"):
+        extract({**tables, "sentences": tables["sentences"].drop(["start"])}, config=ExtractConfig())
+
+
+def test_extract_does_not_mutate_and_is_deterministic():
+    tables = make_tables({"r": [("findings", "Possible right lower lobe pneumonia. No effusion.")]})
+    snapshot = {k: v.to_pylist() for k, v in tables.items()}
+    first = extract(tables, config=ExtractConfig())
+    second = extract(tables, config=ExtractConfig())
+    assert {k: v.to_pylist() for k, v in tables.items()} == snapshot
+    for name in first:
+        assert first[name].equals(second[name])
