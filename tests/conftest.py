@@ -46,3 +46,17 @@ def dask_client():
 
     with make_client(ClusterConfig(n_workers=2)) as client:
         yield client
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, dask_client) -> Path:
+    """The demo DAG run once on a generated demo dump with injected bad rows; returns `out`."""
+    from pipeline.core.config import compose_run
+    from pipeline.core.dag import load_dag
+    from pipeline.core.runner import Runner
+
+    base = tmp_path_factory.mktemp("demo")
+    cfg = compose_run([f"dataset.root={base / 'dump'}", "dataset.n_reports=160", f"out={base / 'run'}"])
+    dag = load_dag("demo")
+    Runner(cfg.out, dask_client).run_dag(dag, {s.name: cfg.stage_config(s.name) for s in dag.stages})
+    return Path(cfg.out)

@@ -31,7 +31,7 @@ def test_packaged_dags_all_validate():
 
 
 def test_labels_dag_is_ingest_parse_extract():
-    assert [s.name for s in load_dag("labels").stages] == ["ingest", "parse", "extract"]
+    assert [s.name for s in load_dag("labels").stages] == ["ingest", "parse", "extract", "agreement"]
 
 
 def test_unknown_dag_suggests():

@@ -1,0 +1,76 @@
+"""The demo DAG end to end on a real LocalCluster, the `make run` entry point, and the notebook."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pipeline.core.dag import load_dag
+from pipeline.core.io import read_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_stage_accounts_for_every_row(demo_run: Path):
+    for stage in load_dag("demo").stages:
+        record = json.loads((demo_run / "_state" / stage.name / "_stage.json").read_text())
+        assert record["complete"]
+        assert record["rows_in"] == record["rows_out"] + record["rejected"], stage.name
+        for dataset in stage.outputs:
+            manifest = json.loads((demo_run / dataset / "_manifest.json").read_text())
+            assert manifest["fingerprint"] == record["fingerprint"]
+            if "rows_in" in manifest:  # source datasets: records seen = rows written + rejected
+                assert manifest["rows_in"] == manifest["rows"] + manifest["rows_rejected"], dataset
+
+
+def test_injected_bad_rows_land_in_rejects(demo_run: Path):
+    truth = demo_run.parent / "dump" / "demo_truth" / "injected.csv"
+    injected = list(csv.DictReader(truth.open()))
+    assert injected
+    rejects = read_dataset(str(demo_run), "rejects").to_pylist()
+    codes = {r["reason_code"] for r in rejects}
+    for code in ("empty_text", "missing_file", "bad_encoding", "garbled_text", "too_long", "duplicate_id",
+                 "corrupt_dicom"):
+        assert code in codes, code
+
+
+def test_one_labels_row_per_parsed_report(demo_run: Path):
+    reports = read_dataset(str(demo_run), "reports")
+    labels = read_dataset(str(demo_run), "labels")
+    rejected = {r["row_id"] for r in read_dataset(str(demo_run), "rejects").to_pylist()
+                if r["stage"] in ("parse", "extract")}
+    assert set(labels["report_id"].to_pylist()) == set(reports["report_id"].to_pylist()) - rejected
+
+
+@pytest.mark.slow
+def test_make_run_entry_point(tmp_path, monkeypatch, capsys):
+    """`python -m pipeline.run` with no argument: demo dump generated, demo DAG run, summary printed."""
+    from pipeline.run import main
+
+    monkeypatch.chdir(tmp_path)
+    assert main(["progress=false"]) == 0
+    printed = capsys.readouterr().out
+    for word in ("ingest", "reports", "labels", "rejects"):
+        assert word in printed
+    assert (tmp_path / "data" / "demo" / "files").is_dir()
+    assert (tmp_path / "runs" / "demo" / "labels" / "_manifest.json").exists()
+
+
+@pytest.mark.slow
+def test_inspect_notebook_executes(demo_run: Path, tmp_path):
+    import jupytext
+    from nbclient import NotebookClient
+
+    notebook = jupytext.read(REPO / "notebooks" / "inspect_run.py")
+    os.environ["CLIP2CLINIC_RUN"] = str(demo_run)
+    try:
+        NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+    finally:
+        os.environ.pop("CLIP2CLINIC_RUN")
+    errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
+              if o.get("output_type") == "error"]
+    assert not errors
