@@ -4,12 +4,15 @@
 
 Reports are built from Open-i's four text columns as
 "INDICATION: ...\\n\\nCOMPARISON: ...\\n\\nFINDINGS: ...\\n\\nIMPRESSION: ..." (empty columns skipped),
-uid as report_id. Until the runner's ``dag=labels`` run replaces it, the script calls the parse
-stage function when it exists (else a plain sentence splitter here) and ``extract`` directly, in
-this one process.
+uid as report_id. The script runs the real ``dag=labels`` (table adapter, a LocalCluster of
+``workers`` processes) into a temporary folder and scores the ``labels`` and ``mentions`` it wrote:
+
+    python -m pipeline.run dag=labels dataset=table dataset.path=.../openi/reports.csv \
+        dataset.id_column=uid dataset.text_columns=[indication,comparison,findings,impression] \
+        stages.parse.labeled=findings_and_impression
 
 Which sections count: the gold labels describe the findings and impression (MeSH coding of the
-whole exam), so ``ExtractConfig(labeled_sections=("findings", "impression"))``: indication and
+whole exam), so the run sets ``stages.parse.labeled=findings_and_impression``: indication and
 comparison never count (an indication saying "rule out pneumonia" is not a finding).
 
 Gold mapping, CXR14 -> CheXpert (the 8 findings both vocabularies have):
@@ -32,6 +35,7 @@ import csv
 import math
 import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,8 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
-from pipeline.core.schemas import conform  # noqa: E402
-from pipeline.text.extract import ExtractConfig, extract  # noqa: E402
+from pipeline.core.io import read_dataset  # noqa: E402
 from pipeline.text.nlp import load_engine  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,96 +90,6 @@ def load_openi(data: Path, limit: int = 0) -> tuple[list[dict], dict[str, dict[s
         for row in csv.DictReader(fh):
             gold[row["filename"].removeprefix("CXR")] = {k: int(v) for k, v in row.items() if k != "filename"}
     return reports, gold
-
-
-def reports_table(reports: list[dict]) -> pa.Table:
-    n = len(reports)
-    return pa.table(
-        {
-            "report_id": [r["report_id"] for r in reports],
-            "subject_id": pa.array([None] * n, pa.string()),
-            "study_id": pa.array([None] * n, pa.string()),
-            "split": pa.array([None] * n, pa.string()),
-            "source": ["table"] * n,
-            "path": pa.array([None] * n, pa.string()),
-            "text": [r["text"] for r in reports],
-            "sections": pa.array(
-                [r["sections"] for r in reports],
-                pa.list_(pa.struct([("name", pa.string()), ("start", pa.int32()), ("end", pa.int32())])),
-            ),
-        }
-    )
-
-
-_SENTENCE = re.compile(r"\S(?:.*?)(?:(?<!\b[a-z])(?<!\bDr)\.(?=\s|$)|\?(?=\s|$)|$)", re.S)
-
-
-def split_sentences(reports: list[dict]) -> dict[str, pa.Table]:
-    """Fallback parse used only while pipeline/text/parse.py does not exist: sections from the
-    table structure, sentences at '. ' / '? ' / blank lines, numbered across the report."""
-    sec_rows: dict[str, list] = {
-        k: [] for k in ("report_id", "section_idx", "section", "header", "text", "start", "end", "is_labeled")
-    }
-    sent_rows: dict[str, list] = {
-        k: [] for k in ("report_id", "section", "section_idx", "sentence_idx", "text", "start", "end")
-    }
-    for r in reports:
-        idx = 0
-        for k, sec in enumerate(r["sections"]):
-            body = r["text"][sec["start"] : sec["end"]]
-            for name, value in (
-                ("report_id", r["report_id"]),
-                ("section_idx", k),
-                ("section", sec["name"]),
-                ("header", sec["name"].upper()),
-                ("text", body),
-                ("start", sec["start"]),
-                ("end", sec["end"]),
-                ("is_labeled", sec["name"] == "impression"),
-            ):
-                sec_rows[name].append(value)
-            for para in re.finditer(r"[^\n]+", body):
-                for m in _SENTENCE.finditer(para.group()):
-                    text = m.group().strip()
-                    if not text:
-                        continue
-                    start = sec["start"] + para.start() + m.start()
-                    for name, value in (
-                        ("report_id", r["report_id"]),
-                        ("section", sec["name"]),
-                        ("section_idx", k),
-                        ("sentence_idx", idx),
-                        ("text", text),
-                        ("start", start),
-                        ("end", start + len(text)),
-                    ):
-                        sent_rows[name].append(value)
-                    idx += 1
-    return {"sections": pa.table(sec_rows), "sentences": pa.table(sent_rows)}
-
-
-def parse_tables(reports: list[dict]) -> tuple[dict[str, pa.Table], str]:
-    """Sections and sentences from the parse stage function when it exists, else the fallback."""
-    table = conform(reports_table(reports), "reports")
-    try:
-        from pipeline.text import parse as parse_mod  # type: ignore[attr-defined]
-    except ImportError:
-        return {
-            "reports": table,
-            **split_sentences(reports),
-        }, "fallback splitter (no pipeline/text/parse.py yet)"
-    configs = [
-        obj
-        for name, obj in vars(parse_mod).items()
-        if name.endswith("Config") and isinstance(obj, type) and obj.__module__ == parse_mod.__name__
-    ]
-    config_cls = getattr(parse_mod, "ParseConfig", None) or (configs[0] if configs else None)
-    out = parse_mod.parse({"reports": table}, config=config_cls() if config_cls else None)
-    return {
-        "reports": table,
-        "sections": out["sections"],
-        "sentences": out["sentences"],
-    }, "pipeline.text.parse"
 
 
 def prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
@@ -302,37 +215,49 @@ def no_finding_vs_normal(
     return prf(tp, fp, fn)
 
 
+def run_labels_dag(data: Path, out: Path, workers: int) -> dict[str, float]:
+    """Run dag=labels on Open-i into ``out``; returns wall seconds per stage."""
+    from pipeline.core.config import compose_run
+    from pipeline.core.dag import load_dag
+    from pipeline.core.runner import Runner, dask_client
+
+    cfg = compose_run([
+        "dag=labels", "dataset=table", f"dataset.path={data / 'openi' / 'reports.csv'}", "dataset.id_column=uid",
+        "dataset.text_columns=[indication,comparison,findings,impression]",
+        "stages.parse.labeled=findings_and_impression", f"out={out}", f"cluster.n_workers={workers}",
+        "stages.ingest.part_size=700",
+    ])
+    dag = load_dag("labels")
+    with dask_client(cfg.cluster) as client:
+        client.run(load_engine)  # the spaCy pipeline loads once per worker: not a per-report cost
+        reports = Runner(cfg.out, client).run_dag(dag, {s.name: cfg.stage_config(s.name) for s in dag.stages})
+    return {r.stage: r.seconds for r in reports}
+
+
 def main(argv: list[str]) -> None:
     args = dict(a.split("=", 1) for a in argv)
     data = Path(args.get("data", REPO.parent / "shared" / "data"))
+    workers = int(args.get("workers", 2))
     reports, gold = load_openi(data, int(args.get("limit", 0)))
 
-    t_load = time.perf_counter()
-    load_engine()  # once per worker process in a real run; not part of the per-report cost
-    t_load = time.perf_counter() - t_load
-    t0 = time.perf_counter()
-    tables, parser = parse_tables(reports)
-    t1 = time.perf_counter()
-    out = extract(tables, config=ExtractConfig(labeled_sections=LABELED))
-    t2 = time.perf_counter()
-    out_warm = extract(tables, config=ExtractConfig(labeled_sections=LABELED))
-    t3 = time.perf_counter()
-    assert out_warm["labels"].equals(out["labels"])
+    with tempfile.TemporaryDirectory(prefix="openi-") as tmp:
+        seconds = run_labels_dag(data, Path(tmp), workers)
+        labels = read_dataset(tmp, "labels")
+        mentions = read_dataset(tmp, "mentions")
 
-    pred = {row["report_id"]: row for row in out["labels"].to_pylist()}
+    pred = {row["report_id"]: row for row in labels.to_pylist()}
     for r in reports:
-        pred.setdefault(r["report_id"], {})
+        pred.setdefault(r["report_id"], {})  # rows with no text (rejected at ingest) predict blank
     pos = score(pred, gold, uncertain_positive=True)
     neg = score(pred, gold, uncertain_positive=False)
     print_scores(
-        f"Open-i, {len(reports)} reports: extract vs gold CXR14", [("unc→pos", pos), ("unc→neg", neg)]
+        f"Open-i, {len(reports)} reports: dag=labels vs gold CXR14", [("unc→pos", pos), ("unc→neg", neg)]
     )
-    hn_pos = hard_negative_fp(out["mentions"], pred, gold, True)
-    hn_neg = hard_negative_fp(out["mentions"], pred, gold, False)
-
+    hn_pos = hard_negative_fp(mentions, pred, gold, True)
+    hn_neg = hard_negative_fp(mentions, pred, gold, False)
+    text_seconds = seconds["parse"] + seconds["extract"]
     nf = no_finding_vs_normal(pred, gold)
     figures = [
-        ("sentences from", parser),
         ("macro-F1 over the 8 (uncertain → positive)", f"{macro(pos):.3f}"),
         ("macro-F1 over the 8 (uncertain → negative)", f"{macro(neg):.3f}"),
         (
@@ -348,12 +273,10 @@ def main(argv: list[str]) -> None:
             f"{hn_neg[0]}/{hn_neg[1]} = {hn_neg[0] / max(hn_neg[1], 1):.2%}",
         ),
         ("No Finding vs Open-i 'normal' (P / R / F1)", " / ".join(f"{v:.3f}" for v in nf)),
-        ("spaCy pipeline load, once per process (s)", f"{t_load:.2f}"),
-        ("parse (s)", f"{t1 - t0:.2f}"),
-        ("extract, cold memo (s)", f"{t2 - t1:.2f}"),
-        ("parse + extract, cold memo (reports/s, 1 core)", f"{len(reports) / (t2 - t0):,.0f}"),
-        ("extract, warm memo (reports/s, 1 core)", f"{len(reports) / (t3 - t2):,.0f}"),
-        ("mentions", f"{out['mentions'].num_rows:,}"),
+        ("stage seconds (ingest / parse / extract)",
+         f"{seconds['ingest']:.2f} / {seconds['parse']:.2f} / {seconds['extract']:.2f}"),
+        (f"parse + extract (reports/s, {workers} workers, incl. scheduling)", f"{labels.num_rows / text_seconds:,.0f}"),
+        ("mentions", f"{mentions.num_rows:,}"),
     ]
     if args.get("naive", "true") != "false":
         naive_pred, naive_s = naive_pipeline(data, reports)
