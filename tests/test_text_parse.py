@@ -373,6 +373,20 @@ def test_wrapped_lines_do_not_end_sentences():
     ]
 
 
+def test_unpunctuated_lower_case_lines_are_separate_sentences():
+    """A dictated list with no punctuation anywhere: each short line is its own statement, so
+    the negation of one line cannot reach the next (a wrapped line ending in a connector still
+    continues)."""
+    text = "heart size normal\nno focal consolidation\nsmall right effusion with\nadjacent atelectasis"
+    assert sentences_of(run(text)) == [
+        "heart size normal",
+        "no focal consolidation",
+        "small right effusion with\nadjacent atelectasis",
+    ]
+    punctuated = "No focal consolidation or\neffusion. Heart size\nnormal."
+    assert sentences_of(run(punctuated)) == ["No focal consolidation or\neffusion.", "Heart size\nnormal."]
+
+
 def test_sentences_are_numbered_across_sections_and_point_to_them():
     out = run(MIMIC)
     sents = out["sentences"].to_pylist()

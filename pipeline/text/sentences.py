@@ -54,6 +54,7 @@ _EVENTS = re.compile(
 _LEAD = re.compile(r"\s*+(?:(?:\(?(?P<num>\d{1,2})[.)]|[-*\u2022\u25aa\u00b7])\s+)?")
 _ITEM_AT = re.compile(r"[ \t]*(?:\(?\d{1,2}[.)]|[-*\u2022\u25aa\u00b7])\s")
 _CAPITAL_AT = re.compile(r"[ \t]*[A-Z]")
+_SENTENCE_PUNCT = re.compile(r"[.!?]")
 _LETTER_AT = re.compile(r"\s*[^\W\d_]")
 _NEXT_STARTS = re.compile(r"\s*(?:[A-Z][a-z]|\(?\d{1,2}[.)]\s|\Z)")
 _ALNUM = re.compile(r"[^\W_]")
@@ -100,11 +101,17 @@ def _word_before(text: str, dot: int, floor: int, window: int) -> tuple[int, str
     return -1, ""
 
 
-def _line_breaks(text: str, nl: int, end: int, rules: SentenceRules) -> bool:
-    """Whether the single line break at ``nl`` ends a sentence (list item or short line)."""
+def _line_breaks(text: str, nl: int, end: int, rules: SentenceRules, unpunctuated: bool = False) -> bool:
+    """Whether the single line break at ``nl`` ends a sentence (list item or short line).
+
+    In a span with no sentence punctuation at all, a short line ends a sentence whatever the case
+    of the next line: such text is a dictated list ("heart size normal / no effusion"), and
+    joining its lines would let one line's negation reach the next.
+    """
     if _ITEM_AT.match(text, nl + 1, end):
         return True
-    if not rules.short_line or not _CAPITAL_AT.match(text, nl + 1, end):
+    starts = _LETTER_AT.match(text, nl + 1, end) if unpunctuated else _CAPITAL_AT.match(text, nl + 1, end)
+    if not rules.short_line or not starts:
         return False
     lo = max(0, nl - rules.short_line - 1)
     prev = text.rfind("\n", lo, nl)
@@ -133,6 +140,7 @@ def split_sentences(text: str, start: int, end: int, rules: SentenceRules) -> li
     """Sentence spans of ``text[start:end]``: in order, non-overlapping, stripped, inside the span."""
     out: list[tuple[int, int]] = []
     window = rules.window
+    unpunctuated = _SENTENCE_PUNCT.search(text, start, end) is None
     cur, num = _skip(text, start, end, None)
     for m in _EVENTS.finditer(text, start, end):
         p = m.start()
@@ -171,7 +179,7 @@ def split_sentences(text: str, start: int, end: int, rules: SentenceRules) -> li
         elif kind == "para":
             _emit(out, text, cur, p, rules.max_chars)
             cur, num = _skip(text, m.end(), end, num)
-        elif _line_breaks(text, p, end, rules):
+        elif _line_breaks(text, p, end, rules, unpunctuated):
             _emit(out, text, cur, p, rules.max_chars)
             cur, num = _skip(text, p + 1, end, num)
     if cur < end:
