@@ -108,6 +108,33 @@ def summary_table(reports: Sequence[StageReport], seconds: float, out: str) -> T
     return table
 
 
+def agreement_table(out: str) -> Table | None:
+    """Per observation, exact agreement and positive F1 with each official labeler, if computed."""
+    from pipeline.core.io import read_dataset
+    from pipeline.evaluate.agreement import summary
+
+    try:
+        rows = summary(read_dataset(out, "label_agreement"))
+    except PipelineError:
+        return None
+    labelers = sorted({r["labeler"] for r in rows})
+    if not labelers:
+        return None
+    table = Table(title="agreement with the dump's official labels (exact 1/0/-1/blank | positive F1)")
+    table.add_column("observation")
+    for labeler in labelers:
+        table.add_column(labeler, justify="right")
+    by_key = {(r["observation"], r["labeler"]): r for r in rows}
+    for obs in dict.fromkeys(r["observation"] for r in rows):
+        cells = []
+        for labeler in labelers:
+            r = by_key.get((obs, labeler))
+            f1 = "-" if r is None or r["f1_positive"] != r["f1_positive"] else f"{r['f1_positive']:.2f}"
+            cells.append("" if r is None else f"{r['agreement']:.1%} | {f1}")
+        table.add_row(obs, *cells)
+    return table
+
+
 def check_inputs(dag: Dag, runner: Runner) -> None:
     """For a single-stage run, say which inputs are missing before starting any work."""
     produced = dag.produced
@@ -159,7 +186,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as exc:
         err.print(f"[bold red]error[/] [{exc.code}] {exc.message}", highlight=False)
         return 2
-    Console().print(summary_table(reports, time.perf_counter() - started, cfg.out))
+    console = Console()
+    console.print(summary_table(reports, time.perf_counter() - started, cfg.out))
+    if any(r.stage == "agreement" for r in reports) and (table := agreement_table(cfg.out)) is not None:
+        console.print(table)
     return 0
 
 

@@ -100,7 +100,10 @@ def dask_client(cluster: ClusterConfig) -> Iterator[Client]:
         threads_per_worker=cluster.threads_per_worker,
         processes=True,
         memory_limit=cluster.memory_limit,
-        dashboard_address=":0" if cluster.dashboard else None,
+        # The scheduler's HTTP server starts even without a dashboard: a random port avoids
+        # clashing with another cluster on 8787.
+        dashboard_address=":0",
+        scheduler_kwargs={"dashboard": cluster.dashboard},
         silence_logs=logging.ERROR,
     )
     with local, Client(local) as client:
