@@ -1,6 +1,10 @@
 """Accuracy and speed of the extract stage on Open-i (IU X-ray) against its gold CXR14 labels.
 
-    python bench/accuracy_openi.py [data=../shared/data] [limit=0] [naive=true]
+    python bench/accuracy_openi.py [data=../shared/data] [limit=0] [naive=true] [errors=0]
+
+``errors=N`` prints, per finding, up to N false positives and N false negatives (uncertain counted
+negative) with the report id, our label, the deciding mentions (sentence, status, cue, rule) and the
+gold row, for error analysis.
 
 Reports are built from Open-i's four text columns as
 "INDICATION: ...\\n\\nCOMPARISON: ...\\n\\nFINDINGS: ...\\n\\nIMPRESSION: ..." (empty columns skipped),
@@ -82,7 +86,14 @@ def load_openi(data: Path, limit: int = 0) -> tuple[list[dict], dict[str, dict[s
                 parts.append(head + body)
                 sections.append({"name": col, "start": start, "end": start + len(body)})
                 pos = start + len(body)
-            reports.append({"report_id": row["uid"], "text": "\n\n".join(parts), "sections": sections})
+            reports.append(
+                {
+                    "report_id": row["uid"],
+                    "text": "\n\n".join(parts),
+                    "sections": sections,
+                    "mesh": row.get("MeSH") or "",
+                }
+            )
             if limit and len(reports) >= limit:
                 break
     gold: dict[str, dict[str, int]] = {}
@@ -215,18 +226,118 @@ def no_finding_vs_normal(
     return prf(tp, fp, fn)
 
 
+def _sentence_texts(sentences: pa.Table) -> dict[tuple[str, int], str]:
+    cols = (sentences.column(c).to_pylist() for c in ("report_id", "sentence_idx", "text"))
+    return {(rid, idx): text for rid, idx, text in zip(*cols, strict=True)}
+
+
+def _mentions_by_report(mentions: pa.Table) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    names = (
+        "report_id",
+        "sentence_idx",
+        "finding",
+        "observation",
+        "status",
+        "cue",
+        "rule",
+        "in_labeled_section",
+    )
+    for row in zip(*(mentions.column(c).to_pylist() for c in names), strict=True):
+        m = dict(zip(names, row, strict=True))
+        out.setdefault(m["report_id"], []).append(m)
+    return out
+
+
+def print_errors(
+    n: int,
+    reports: list[dict],
+    pred: dict[str, dict],
+    gold: dict[str, dict[str, int]],
+    mentions: pa.Table,
+    sentences: pa.Table,
+) -> None:
+    """Up to ``n`` false positives and false negatives per finding (uncertain counted negative).
+
+    A false positive shows the deciding mentions (``labels.provenance``); a false negative shows
+    every counted mention of the observation (none: the labeled text, to spot a missing synonym).
+    """
+    texts = _sentence_texts(sentences)
+    by_report = _mentions_by_report(mentions)
+    by_id = {r["report_id"]: r for r in reports}
+    console = Console(width=160, highlight=False, soft_wrap=True)
+
+    def gold_row(rid: str) -> str:
+        ones = [k for k, v in gold[rid].items() if v]
+        return f"gold: {', '.join(ones) or '-'} | MeSH: {by_id[rid]['mesh']}"
+
+    def show(m: dict) -> str:
+        sentence = texts.get((m["report_id"], m["sentence_idx"]), "?")
+        return f"    [{m['status']}] {m['finding']} cue={m['cue']!r} rule={m['rule']} :: {sentence!r}"
+
+    for obs, cols in GOLD_MAP.items():
+        fps, fns = [], []
+        for r in reports:
+            rid = r["report_id"]
+            yes = pred[rid].get(obs) == 1.0
+            truth = any(gold[rid][c] for c in cols)
+            if yes and not truth:
+                fps.append(rid)
+            elif truth and not yes:
+                fns.append(rid)
+        console.rule(f"{obs}: {len(fps)} false positives, {len(fns)} false negatives")
+        for kind, rids in (("FP", fps), ("FN", fns)):
+            for rid in rids[:n]:
+                console.print(f"{kind} {rid}  ours={pred[rid].get(obs)}  {gold_row(rid)}")
+                if kind == "FP":
+                    deciding = [p for p in pred[rid].get("provenance") or [] if p["observation"] == obs]
+                    shown = [
+                        m
+                        for m in by_report.get(rid, [])
+                        if m["in_labeled_section"]
+                        and m["observation"] == obs
+                        and any(
+                            p["sentence_idx"] == m["sentence_idx"]
+                            and p["finding"] == m["finding"]
+                            and p["status"] == m["status"]
+                            for p in deciding
+                        )
+                    ]
+                else:
+                    shown = [
+                        m
+                        for m in by_report.get(rid, [])
+                        if m["in_labeled_section"] and m["observation"] == obs
+                    ]
+                for m in shown:
+                    console.print(show(m))
+                if not shown:
+                    r = by_id[rid]
+                    body = " / ".join(
+                        r["text"][s["start"] : s["end"]] for s in r["sections"] if s["name"] in LABELED
+                    )
+                    console.print(f"    (no counted mention) :: {body!r}")
+
+
 def run_labels_dag(data: Path, out: Path, workers: int) -> dict[str, float]:
     """Run dag=labels on Open-i into ``out``; returns wall seconds per stage."""
     from pipeline.core.config import compose_run
     from pipeline.core.dag import load_dag
     from pipeline.core.runner import Runner, dask_client
 
-    cfg = compose_run([
-        "dag=labels", "dataset=table", f"dataset.path={data / 'openi' / 'reports.csv'}", "dataset.id_column=uid",
-        "dataset.text_columns=[indication,comparison,findings,impression]",
-        "stages.parse.labeled=findings_and_impression", f"out={out}", f"cluster.n_workers={workers}",
-        "stages.ingest.part_size=700",
-    ])
+    cfg = compose_run(
+        [
+            "dag=labels",
+            "dataset=table",
+            f"dataset.path={data / 'openi' / 'reports.csv'}",
+            "dataset.id_column=uid",
+            "dataset.text_columns=[indication,comparison,findings,impression]",
+            "stages.parse.labeled=findings_and_impression",
+            f"out={out}",
+            f"cluster.n_workers={workers}",
+            "stages.ingest.part_size=700",
+        ]
+    )
     dag = load_dag("labels")
     with dask_client(cfg.cluster) as client:
         client.run(load_engine)  # the spaCy pipeline loads once per worker: not a per-report cost
@@ -244,6 +355,7 @@ def main(argv: list[str]) -> None:
         seconds = run_labels_dag(data, Path(tmp), workers)
         labels = read_dataset(tmp, "labels")
         mentions = read_dataset(tmp, "mentions")
+        sentences = read_dataset(tmp, "sentences") if int(args.get("errors", 0)) else None
 
     pred = {row["report_id"]: row for row in labels.to_pylist()}
     for r in reports:
@@ -273,9 +385,14 @@ def main(argv: list[str]) -> None:
             f"{hn_neg[0]}/{hn_neg[1]} = {hn_neg[0] / max(hn_neg[1], 1):.2%}",
         ),
         ("No Finding vs Open-i 'normal' (P / R / F1)", " / ".join(f"{v:.3f}" for v in nf)),
-        ("stage seconds (ingest / parse / extract)",
-         f"{seconds['ingest']:.2f} / {seconds['parse']:.2f} / {seconds['extract']:.2f}"),
-        (f"parse + extract (reports/s, {workers} workers, incl. scheduling)", f"{labels.num_rows / text_seconds:,.0f}"),
+        (
+            "stage seconds (ingest / parse / extract)",
+            f"{seconds['ingest']:.2f} / {seconds['parse']:.2f} / {seconds['extract']:.2f}",
+        ),
+        (
+            f"parse + extract (reports/s, {workers} workers, incl. scheduling)",
+            f"{labels.num_rows / text_seconds:,.0f}",
+        ),
         ("mentions", f"{mentions.num_rows:,}"),
     ]
     if args.get("naive", "true") != "false":
@@ -286,6 +403,8 @@ def main(argv: list[str]) -> None:
             ("naive design-card pipeline (reports/s, 1 core)", f"{len(reports) / naive_s:,.0f}"),
         ]
     print_figures("Open-i figures", figures)
+    if sentences is not None:
+        print_errors(int(args["errors"]), reports, pred, gold, mentions, sentences)
 
 
 if __name__ == "__main__":

@@ -137,9 +137,73 @@ def test_hedge_scope_and_probable_cues():
     # a negation running through a hedge wins; a nearer hedge after a negated finding wins
     assert status("No findings suggestive of pneumonia.", "pneumonia") == "absent"
     assert status("No pneumothorax, possible small left effusion.", "pleural_effusion") == "uncertain"
-    # probable cues lean to presence: present, cue kept, rule says so
-    hit = one("Probable small left effusion.", "pleural_effusion")
-    assert (hit.status, hit.cue, hit.rule) == ("present", "Probable", "likely.preceding.probable")
+    # "likely" leans to presence: present, cue kept, rule says so (the CheXpert labeler has no
+    # rule for "likely", only for "less likely")
+    hit = one("Likely small left effusion.", "pleural_effusion")
+    assert (hit.status, hit.cue, hit.rule) == ("present", "Likely", "likely.preceding.likely")
+    assert status("Right basilar opacity, most consistent with pneumonia.", "pneumonia") == "present"
+    assert status("Atelectasis is less likely.", "atelectasis") == "uncertain"
+
+
+@pytest.mark.parametrize(
+    ("sentence", "finding", "rule"),
+    [
+        # the CheXpert labeler's own hedge words: probable, presumably, favor
+        ("Probable small left effusion.", "pleural_effusion", "unc.preceding.probable"),
+        ("Left basilar opacity, probably atelectasis.", "atelectasis", "unc.preceding.probably"),
+        ("Presumably a small right pleural effusion.", "pleural_effusion", "unc.preceding.presumably"),
+        ("Streaky left basilar opacity, favoring atelectasis.", "atelectasis", "unc.preceding.favoring"),
+        ("A small effusion is probable on the right.", "pleural_effusion", "unc.following.is_probable"),
+        (
+            "Dense lingular opacity, highly concerning for pneumonia.",
+            "pneumonia",
+            "unc.preceding.highly_concerning_for",
+        ),
+        # a conditional reading and what another test could show are no findings of this one
+        (
+            "In the appropriate clinical setting, the opacity is compatible with pneumonia.",
+            "pneumonia",
+            "unc.preceding.in_the_appropriate_clinical_setting",
+        ),
+        (
+            "CT would be more sensitive for detecting a small nodule.",
+            "lung_nodule",
+            "unc.preceding.for_detecting",
+        ),
+    ],
+)
+def test_probable_and_presumed_are_hedges(sentence, finding, rule):
+    hit = one(sentence, finding)
+    assert (hit.status, hit.rule) == ("uncertain", rule)
+    assert status("Probably benign calcified granuloma.", "granuloma") == "present"
+    # the diagnosis is hedged, not the opacity that is seen
+    hits = {h.finding: h.status for h in mentions("Left basilar opacity favored to represent atelectasis.")}
+    assert hits == {"opacity": "present", "atelectasis": "uncertain"}
+
+
+def test_versus_is_a_hedge_between_findings_only():
+    # a differential between two findings hedges both, and only them
+    hits = {
+        h.finding: h for h in mentions("Mild streaky right basilar opacity, atelectasis versus scarring.")
+    }
+    assert hits["opacity"].status == "present"
+    assert (hits["atelectasis"].status, hits["atelectasis"].rule) == ("uncertain", "unc.following.versus")
+    assert (hits["scarring"].status, hits["scarring"].rule) == ("uncertain", "unc.preceding.versus")
+    assert status("Left lower lobe consolidation vs. atelectasis.", "consolidation") == "uncertain"
+    assert (
+        status("Likely atelectasis versus early pneumonia at the right base.", "atelectasis") == "uncertain"
+    )
+    # a comparison with an earlier study hedges nothing
+    for sentence in (
+        "The right upper lobe nodule shows a 1.5 cm increase vs. prior.",
+        "Right upper lobe nodule, larger versus the prior study.",
+        "Enlarging left effusion vs. the previous radiograph, with new left basilar atelectasis.",
+        "Left pleural effusion is larger compared to the prior study.",
+    ):
+        assert {h.status for h in mentions(sentence)} == {"present"}, sentence
+    # a negation still wins over an alternative: the labeler reads "X or Y" after negation
+    assert {h.status for h in mentions("No focal consolidation, effusion and/or pneumothorax.")} == {"absent"}
+    assert status("No effusion; small left effusion and/or atelectasis.", "atelectasis") == "uncertain"
 
 
 def test_indication_mentions_never_count():
@@ -205,6 +269,38 @@ def test_deidentification_holes_do_not_break_negation():
     assert status("No ___ pleural effusion.", "pleural_effusion") == "absent"
     hit = one("Normal chest x-XXXX.", "normal_study")
     assert (hit.status, hit.rule) == ("present", "statement.normal_study")
+
+
+def test_qualifiers_belong_to_their_own_structure():
+    # after a comma, "moderately enlarged" premodifies the aorta, not the heart
+    hits = mentions("Stable heart size, moderately enlarged and tortuous calcified aorta.")
+    assert "cardiomegaly" not in {h.finding for h in hits}
+    assert status("Heart size normal lungs clear.", "cardiomegaly") == "absent"
+    assert status("The heart is enlarged, aorta tortuous.", "cardiomegaly") == "present"
+    # "normal or mildly enlarged": the radiologist cannot say which
+    hit = one("The heart is at the upper limits of normal or mildly enlarged.", "cardiomegaly")
+    assert (hit.status, hit.rule) == ("uncertain", "qual.heart_size_equivocal")
+
+
+def test_hydropneumothorax_is_a_pneumothorax():
+    # air and fluid in the pleural space: a pneumothorax (the CheXpert labeler's phrase matches too)
+    hit = one("Small right apical hydropneumothorax with an air-fluid level.", "pneumothorax")
+    assert (hit.status, hit.observation) == ("present", "Pneumothorax")
+    assert status("No residual hydropneumothorax after chest tube placement.", "pneumothorax") == "absent"
+    # no scope failure behind the pneumothorax false positives: a resolved one is gone
+    assert status("The small left apical pneumothorax has resolved.", "pneumothorax") == "absent"
+    assert status("Interval resolution of the right pneumothorax.", "pneumothorax") == "absent"
+
+
+def test_cancer_outside_the_lung_is_no_lung_lesion():
+    hit = one("Brain metastasis versus abscess.", "extrapulmonary_malignancy")
+    assert (hit.status, hit.observation) == ("uncertain", None)
+    assert (
+        one("History of breast carcinoma, status post mastectomy.", "extrapulmonary_malignancy").observation
+        is None
+    )
+    assert one("Lytic rib metastases.", "bone_lesion").observation is None
+    assert one("Known lung carcinoma.", "lung_neoplasm").observation == "Lung Lesion"
 
 
 # --- lexicon coverage on mentions --------------------------------------------------------------------

@@ -135,7 +135,7 @@ def _edit(path: Path, old: str, new: str) -> None:
         ),
         (
             "anchors.yaml",
-            "when: {normal: absent, enlarged: present, borderline: present}",
+            "when: {normal: absent, enlarged: present, borderline: present, equivocal: uncertain}",
             "when: {normal: absent, enlargd: present}",
             r"unknown qualifier group 'enlargd'. Did you mean 'enlarged'",
         ),

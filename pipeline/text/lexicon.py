@@ -59,6 +59,7 @@ MODIFIER_KINDS: tuple[str, ...] = ("severity", "size", "temporal")
 LATERALITIES: tuple[str, ...] = ("left", "right", "bilateral")
 TERMSET_KEYS: tuple[str, ...] = ("pseudo", "preceding", "following", "termination")
 PROBABLE_KEYS: tuple[str, ...] = ("probable_preceding", "probable_following")
+ALTERNATIVE_KEY = "alternative"
 
 _ID = re.compile(r"[a-z][a-z0-9_]*")
 # A term token: lower-case word characters and the punctuation radiology abbreviations use.
@@ -117,6 +118,11 @@ class Termset:
     ``probable_preceding``/``probable_following`` (uncertainty only) are cues that lean towards
     the finding: they join the preceding/following lists given to negspacy, and their rule ids
     take ``probable_prefix`` instead of ``rule_prefix``.
+
+    ``alternative`` (uncertainty only) are the conjunctions of a differential ("atelectasis versus
+    pneumonia", "effusion or pneumothorax"): they go to negspacy as both preceding and following
+    cues, but hedge only the finding next to them, and only when another finding stands on their
+    other side (see :class:`pipeline.text.negation.CueNegex`).
     """
 
     name: str
@@ -128,13 +134,18 @@ class Termset:
     probable_prefix: str | None = None
     probable_preceding: tuple[str, ...] = ()
     probable_following: tuple[str, ...] = ()
+    alternative: tuple[str, ...] = ()
 
     def negspacy(self) -> dict[str, list[str]]:
         """The termset in the shape ``negspacy.negation.Negex(neg_termset=...)`` expects."""
         return {
             "pseudo_negations": list(self.pseudo),
-            "preceding_negations": list(dict.fromkeys(self.preceding + self.probable_preceding)),
-            "following_negations": list(dict.fromkeys(self.following + self.probable_following)),
+            "preceding_negations": list(
+                dict.fromkeys(self.preceding + self.probable_preceding + self.alternative)
+            ),
+            "following_negations": list(
+                dict.fromkeys(self.following + self.probable_following + self.alternative)
+            ),
             "termination": list(self.termination),
         }
 
@@ -228,6 +239,8 @@ def _load(directory: str) -> Lexicon:
         raise LexiconError("uncertainty.yaml", "rule prefixes must differ from negation.yaml's")
     if negation.probable_prefix is not None:
         raise LexiconError("negation.yaml", "probable cues belong in uncertainty.yaml")
+    if negation.alternative:
+        raise LexiconError("negation.yaml", "alternative cues (versus, or) belong in uncertainty.yaml")
     headers = tuple(_terms(raw["headers.yaml"].get("headers"), "headers.yaml: headers"))
     lexicon = Lexicon(
         findings=findings,
@@ -447,7 +460,9 @@ def _anatomy(
 
 def _termset(data: Mapping[str, Any], where: str) -> Termset:
     _known_keys(
-        data, {"version", "name", "rule_prefix", "probable_prefix", *TERMSET_KEYS, *PROBABLE_KEYS}, where
+        data,
+        {"version", "name", "rule_prefix", "probable_prefix", ALTERNATIVE_KEY, *TERMSET_KEYS, *PROBABLE_KEYS},
+        where,
     )
     prefix = _check_id(data.get("rule_prefix"), f"{where}: rule_prefix")
     lists = {key: tuple(_terms(data.get(key), f"{where}: {key}")) for key in TERMSET_KEYS}
@@ -463,6 +478,9 @@ def _termset(data: Mapping[str, Any], where: str) -> Termset:
         name=str(data.get("name", where)),
         rule_prefix=prefix,
         probable_prefix=probable_prefix,
+        alternative=tuple(_terms(data[ALTERNATIVE_KEY], f"{where}: {ALTERNATIVE_KEY}"))
+        if ALTERNATIVE_KEY in data
+        else (),
         **lists,
         **probable,
     )

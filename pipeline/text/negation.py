@@ -39,6 +39,7 @@ class Cue:
     end: int
     text: str
     rule: str
+    alternative: bool = False
 
     def distance(self, ent_start: int, ent_end: int) -> int:
         if self.direction == "preceding":
@@ -55,10 +56,21 @@ class Cue:
         "ent_types": [],
         "probable_terms": [],
         "probable_prefix": None,
+        "alternative_terms": [],
+        "alternative_labels": [],
     },
 )
 def make_cue_negex(
-    nlp, name, neg_termset, extension_name, rule_prefix, ent_types, probable_terms, probable_prefix
+    nlp,
+    name,
+    neg_termset,
+    extension_name,
+    rule_prefix,
+    ent_types,
+    probable_terms,
+    probable_prefix,
+    alternative_terms,
+    alternative_labels,
 ):  # type: ignore[no-untyped-def]
     # No annotations: spaCy validates factory arguments from them, and this module's postponed
     # (string) annotations cannot be resolved there.
@@ -72,6 +84,8 @@ def make_cue_negex(
         rule_prefix,
         probable_terms=probable_terms,
         probable_prefix=probable_prefix,
+        alternative_terms=alternative_terms,
+        alternative_labels=alternative_labels,
     )
 
 
@@ -82,6 +96,16 @@ class CueNegex(Negex):
     (a :class:`Cue` or None). The deciding cue is the nearest one in the entity's boundary: the
     last preceding cue before it, or the first following cue after it, whichever is closer.
     All cues and boundaries of the doc are kept in ``doc.user_data["<extension_name>"]``.
+
+    Alternative cues ("versus", "and/or": ``alternative_terms``) join a differential, so their
+    scope is narrower than Negex's: one reaches only the entity right next to it (no other finding
+    in between), and only when its other side holds a finding or at least a word. Findings are
+    the entities whose label starts with one of ``alternative_labels`` (all when empty). "Cardiomegaly with
+    atelectasis versus scarring" hedges the atelectasis and the scarring, not the cardiomegaly;
+    "1.5 cm vs. 1.2 cm" hedges nothing (and "vs. prior" is a pseudo cue of the termset).
+    The nearest such cue goes to ``span._.<extension_name>_alt``, apart from the other cues, so
+    the caller can let a negation win over it (the CheXpert labeler reads "X or Y" only after
+    negation: "no effusion or pneumothorax" denies both).
     """
 
     def __init__(
@@ -95,10 +119,18 @@ class CueNegex(Negex):
         rule_prefix: str,
         probable_terms: list[str] | None = None,
         probable_prefix: str | None = None,
+        alternative_terms: list[str] | None = None,
+        alternative_labels: list[str] | None = None,
     ) -> None:
         super().__init__(nlp, name, neg_termset, ent_types, extension_name, chunk_prefix)
         self.cue_extension = f"{extension_name}_cue"
+        self.alt_extension = f"{extension_name}_alt"
         Span.set_extension(self.cue_extension, default=None, force=True)
+        Span.set_extension(self.alt_extension, default=None, force=True)
+        self.alternative = {
+            " ".join(t.lower_ for t in doc) for doc in nlp.tokenizer.pipe(alternative_terms or [])
+        }
+        self.alternative_labels = tuple(alternative_labels or ())
         self.rule_prefix = rule_prefix
         # cues given another rule prefix ("likely"), keyed by their lower-cased tokens
         self.probable_prefix = probable_prefix
@@ -123,8 +155,49 @@ class CueNegex(Negex):
         key = " ".join(t.lower_ for t in span)
         prefix = self.probable_prefix if key in self.probable else self.rule_prefix
         return Cue(
-            direction, start, end, span.text, f"{prefix}.{direction}.{rule_slug(self.phrases.get(key, key))}"
+            direction,
+            start,
+            end,
+            span.text,
+            f"{prefix}.{direction}.{rule_slug(self.phrases.get(key, key))}",
+            alternative=key in self.alternative,
         )
+
+    def _alternative_reaches(
+        self, cue: Cue, ent: Span, ents: list[Span], doc: Doc, b_start: int, b_end: int
+    ) -> bool:
+        """Whether an alternative cue joins ``ent`` to something on its other side.
+
+        ``ents`` and ``b_start``/``b_end``: the entities and bounds of the cue's clause. ``ent``
+        must be a finding, the one next to the cue (a structure such as "heart" is never hedged
+        by an alternative). The other side must hold a finding, or else at least a
+        word ("air trapping versus inspiratory effort"), not a number ("1.5 cm vs. 1.2 cm") or
+        nothing; comparisons with a prior study are pseudo cues in the termset.
+        """
+        before = cue.end <= ent.start
+        if not before and cue.start < ent.end:
+            return False  # the cue overlaps the entity
+        if (cue.direction == "preceding") != before:
+            return False
+        if self.alternative_labels:
+            if not ent.label_.startswith(self.alternative_labels):
+                return False
+            ents = [e for e in ents if e.label_.startswith(self.alternative_labels)]
+        if cue.direction == "preceding":
+            if any(e.start >= cue.end and e.end <= ent.start for e in ents):
+                return False
+            other = [e for e in ents if e.end <= cue.start]
+            other_one = max(other, key=lambda e: e.end) if other else None
+            neighbour = doc[cue.start - 1] if cue.start - 1 >= b_start else None
+        else:
+            if any(e.start >= ent.end and e.end <= cue.start for e in ents):
+                return False
+            other = [e for e in ents if e.start >= cue.end]
+            other_one = min(other, key=lambda e: e.start) if other else None
+            neighbour = doc[cue.end] if cue.end < b_end else None
+        if other_one is not None:
+            return True
+        return neighbour is not None and neighbour.is_alpha
 
     def negex(self, doc: Doc) -> Doc:
         preceding, following, terminating = self.process_negations(doc)
@@ -134,12 +207,22 @@ class CueNegex(Negex):
             inside = [c for c in cues if b_start <= c.start < b_end]
             if not inside:
                 continue
-            preceding_spans = [(c.start, c.end) for c in inside if c.direction == "preceding"]
-            for ent in doc[b_start:b_end].ents:
+            preceding_spans = [
+                (c.start, c.end) for c in inside if c.direction == "preceding" and not c.alternative
+            ]
+            ents = list(doc[b_start:b_end].ents)
+            for ent in ents:
                 if self.ent_types and ent.label_ not in self.ent_types:
                     continue
                 best: Cue | None = None
+                alt: Cue | None = None
                 for cue in inside:
+                    if cue.alternative:
+                        if self._alternative_reaches(cue, ent, ents, doc, b_start, b_end) and (
+                            alt is None or cue.distance(ent.start, ent.end) < alt.distance(ent.start, ent.end)
+                        ):
+                            alt = cue
+                        continue
                     # Negex's own scope rules: a preceding cue starts before the entity, a
                     # following cue ends after it. Ours adds one limit: a following cue does not
                     # reach back past a preceding cue, so in "opacity may represent atelectasis
@@ -155,9 +238,10 @@ class CueNegex(Negex):
                         best is None or cue.distance(ent.start, ent.end) < best.distance(ent.start, ent.end)
                     ):
                         best = cue
-                if best is not None:
+                if best is not None or alt is not None:
                     ent._.set(self.extension_name, True)
-                    ent._.set(self.cue_extension, best)
+                ent._.set(self.cue_extension, best)
+                ent._.set(self.alt_extension, alt)
         doc.user_data[self.extension_name] = {"cues": cues, "boundaries": boundaries}
         return doc
 

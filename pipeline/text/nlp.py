@@ -38,6 +38,8 @@ ANATOMY_WINDOW = 8
 MODIFIER_WINDOW = 4
 QUALIFIER_AFTER = 8
 QUALIFIER_BEFORE = 2
+# A qualifier this close before another structure or finding premodifies it ("enlarged ... aorta").
+QUALIFIER_PREMODIFIES = 3
 
 
 class MentionHit(NamedTuple):
@@ -209,6 +211,9 @@ def build_nlp(lexicon_dir: str | None = None) -> Language:
                 "rule_prefix": termset.rule_prefix,
                 "probable_terms": list(termset.probable_preceding + termset.probable_following),
                 "probable_prefix": termset.probable_prefix,
+                "alternative_terms": list(termset.alternative),
+                # the other side of "X versus Y" must be a finding, not a structure ("heart")
+                "alternative_labels": ["F|"],
             },
         )
     return nlp
@@ -357,7 +362,7 @@ class TextEngine:
                 )
                 continue
             anchor = lex.anchors[ident]
-            qual = self._qualifier(ent, qualifiers, chunk)
+            qual = self._qualifier(ent, qualifiers, chunk, ents, doc)
             for reading in anchor.readings:
                 finding = lex.findings[reading.finding]
                 observation = finding.observation if reading.counts_toward_label else None
@@ -404,8 +409,17 @@ class TextEngine:
     def _status(
         self, ent: Span, ents: list[Span], doc: Doc, extra: Cue | None = None
     ) -> tuple[str, str | None, str]:
+        """Status, cue text and rule of one mention.
+
+        The nearer of the negation and the hedge decides (see :func:`decide`); a probable cue
+        ("likely") gives present. An alternative ("X versus Y", "X and/or Y") makes the mention
+        uncertain unless a negation decides it: as in the CheXpert labeler, which applies its
+        "X versus Y" rule after negation, "no effusion and/or pneumothorax" denies both, while
+        "likely atelectasis versus pneumonia" stays a differential.
+        """
         neg: Cue | None = ent._.get(f"{NEG_EXT}_cue")
         unc: Cue | None = ent._.get(f"{UNC_EXT}_cue")
+        alt: Cue | None = ent._.get(f"{UNC_EXT}_alt")
         if extra is not None:
             if extra.rule.startswith(self._neg_prefix):
                 neg = extra
@@ -415,11 +429,16 @@ class TextEngine:
         if neg is not None and unc is not None and neg.end <= unc.start:
             between = any(neg.end <= e.start and e.end <= unc.start for e in ents)
         cue = decide(neg, unc, (ent.start, ent.end), between)
+        if cue is not None and cue.rule.startswith(self._neg_prefix):
+            return "absent", cue.text, cue.rule
+        probable = (
+            cue is not None and bool(self._probable_prefix) and cue.rule.startswith(self._probable_prefix)
+        )
+        if alt is not None and (cue is None or probable):
+            return "uncertain", alt.text, alt.rule
         if cue is None:
             return "present", None, "default.present"
-        if cue.rule.startswith(self._neg_prefix):
-            return "absent", cue.text, cue.rule
-        if self._probable_prefix and cue.rule.startswith(self._probable_prefix):
+        if probable:
             return "present", cue.text, cue.rule
         return "uncertain", cue.text, cue.rule
 
@@ -440,6 +459,8 @@ class TextEngine:
         if q_start > ent.end:
             for ext in (NEG_EXT, UNC_EXT):
                 for cue in doc.user_data[ext]["cues"]:
+                    if cue.alternative:
+                        continue
                     between = cue.direction == "preceding" and ent.end <= cue.start and cue.end <= q_start
                     if between and (inner is None or cue.start > inner.start):
                         inner = cue
@@ -450,9 +471,18 @@ class TextEngine:
 
     @staticmethod
     def _qualifier(
-        ent: Span, qualifiers: list[tuple[str, int, int, str]], chunk: list[int]
+        ent: Span,
+        qualifiers: list[tuple[str, int, int, str]],
+        chunk: list[int],
+        ents: list[Span],
+        doc: Doc,
     ) -> tuple[str, int, int, str] | None:
-        """The nearest qualifier after (up to 8 tokens) or just before (up to 2) the anchor."""
+        """The nearest qualifier after (up to 8 tokens) or just before (up to 2) the anchor.
+
+        A qualifier after a comma that premodifies the next structure belongs to that structure:
+        in "stable heart size, moderately enlarged and tortuous aorta" the aorta is enlarged, not
+        the heart ("heart size normal lungs clear", without the comma, keeps "normal").
+        """
         best = None
         best_d = 10**9
         c = chunk[ent.start]
@@ -462,6 +492,13 @@ class TextEngine:
                 continue
             if s >= ent.end and s - ent.end <= QUALIFIER_AFTER:
                 d = s - ent.end
+                if any(t.text == "," for t in doc[ent.end : s]) and any(
+                    other.start >= e
+                    and other.start - e <= QUALIFIER_PREMODIFIES
+                    and not any(t.is_punct for t in doc[e : other.start])
+                    for other in ents
+                ):
+                    continue
             elif e <= ent.start and ent.start - e <= QUALIFIER_BEFORE:
                 d = ent.start - e
             else:
