@@ -155,6 +155,15 @@ def available_schemas() -> frozenset[str]:
     return frozenset(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
 
 
+@functools.cache
+def chexpert_observations() -> tuple[str, ...]:
+    """The 14 CheXpert observation names, in the order of schemas/labels.yaml (its float32 columns).
+
+    The labels schema is the one place these names are spelt; modules that need them ask here.
+    """
+    return tuple(c.name for c in load_schema("labels").columns if c.type == pa.float32())
+
+
 def conform(table: pa.Table, name: str, *, vector_size: int | None = None) -> pa.Table:
     """Check ``table`` against dataset ``name`` and return it cast to the exact schema.
 

@@ -19,24 +19,10 @@ from typing import Any
 import yaml
 
 from pipeline.core.errors import PipelineError, did_you_mean
+from pipeline.core.schemas import chexpert_observations
 
 # The 14 CheXpert observations in the alphabetical order of MIMIC-CXR's label files.
-OBSERVATIONS: tuple[str, ...] = (
-    "Atelectasis",
-    "Cardiomegaly",
-    "Consolidation",
-    "Edema",
-    "Enlarged Cardiomediastinum",
-    "Fracture",
-    "Lung Lesion",
-    "Lung Opacity",
-    "No Finding",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Pneumonia",
-    "Pneumothorax",
-    "Support Devices",
-)
+OBSERVATIONS: tuple[str, ...] = tuple(sorted(chexpert_observations()))
 STATUSES: tuple[str, ...] = ("present", "absent", "uncertain")
 REGIONS: tuple[str, ...] = ("devices", "lungs", "pleura", "heart", "bones", "other")
 NOUN_FIELDS = frozenset({"np", "a_np", "the_np", "noun"})

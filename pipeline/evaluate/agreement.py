@@ -10,11 +10,9 @@ from collections import Counter
 
 import pyarrow as pa
 
-OBSERVATIONS = (
-    "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Lesion", "Lung Opacity", "Edema",
-    "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
-    "Fracture", "Support Devices",
-)
+from pipeline.core.schemas import chexpert_observations
+
+OBSERVATIONS = chexpert_observations()
 STATES = ("1", "0", "-1", "blank")
 
 

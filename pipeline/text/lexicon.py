@@ -21,24 +21,10 @@ from typing import Any
 import yaml
 
 from pipeline.core.errors import PipelineError, did_you_mean
+from pipeline.core.schemas import chexpert_observations
 
 # The 14 CheXpert observations in the order of schemas/labels.yaml.
-OBSERVATIONS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Lesion",
-    "Lung Opacity",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+OBSERVATIONS: tuple[str, ...] = chexpert_observations()
 SUPPORT_DEVICES = "Support Devices"
 NO_FINDING = "No Finding"
 # A finding maps to one of these; No Finding is computed, never mentioned.
