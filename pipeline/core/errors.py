@@ -28,6 +28,7 @@ REJECT_REASONS: dict[str, str] = {
     "bad_value": "a field has a value outside its domain",
     "no_sentences": "the report has no sentence to read",
     "no_findings": "the report has no finding to work on",
+    "no_neighbors": "no other report (in its split) to compare the report with",
     "flip_failed": "a rewritten sentence did not read back with the intended statuses",
     "orphan_row": "the row refers to something that is not in its parent dataset",
 }

@@ -58,27 +58,12 @@ import pyarrow.compute as pc
 import yaml
 
 from pipeline.core.errors import PipelineError
+from pipeline.core.schemas import chexpert_observations
 
 ENCODING_VERSION = 1
 
-# The 14 CheXpert observations in the order of schemas/labels.yaml (stage packages do not import
-# each other, so this is not taken from pipeline.text).
-OBSERVATIONS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Lesion",
-    "Lung Opacity",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+# The 14 CheXpert observations in the order of schemas/labels.yaml (No Finding first).
+OBSERVATIONS: tuple[str, ...] = chexpert_observations()
 STATUSES: tuple[str, ...] = ("present", "uncertain", "absent")
 _LABEL_STATE = {1.0: "present", -1.0: "uncertain", 0.0: "absent"}
 _ID = re.compile(r"[a-z][a-z0-9_]*")

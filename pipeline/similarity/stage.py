@@ -11,7 +11,7 @@
    worker), searches its block against every candidate and writes its part of
    ``similarity_topk`` with :func:`commit_corpus_part` on the worker.
 
-A report is rejected (``no_findings``) when it cannot have a meaningful neighbour: its vectors are
+A report is rejected (``no_findings``, ``no_neighbors``) when it cannot have a meaningful neighbour: its vectors are
 all zero, or no other report shares its split. Score components: ``clinical`` (clinical_vectors)
 and ``graph`` (graph_embeddings, report_id + vector, once the graph stage exists), each weighted by
 config; a component with weight 0 is not read, and its score column is null.
@@ -332,7 +332,7 @@ def _topk_part(
             detail = "every component vector is zero: no report is clinically closer than another"
         else:
             detail = f"no other report in split {index.split_names[index.split[row]]!r} to compare with"
-        rejected.append((index.ids[row].as_py(), "no_findings", detail))
+        rejected.append((index.ids[row].as_py(), "no_findings" if empty[i] else "no_neighbors", detail))
     tables = {
         "similarity_topk": pa.table(columns),
         "rejects": reject_table(STAGE, "similarity_topk", rejected),
