@@ -60,3 +60,42 @@ def demo_run(tmp_path_factory, dask_client) -> Path:
     dag = load_dag("demo")
     Runner(cfg.out, dask_client).run_dag(dag, {s.name: cfg.stage_config(s.name) for s in dag.stages})
     return Path(cfg.out)
+
+
+GOLDEN_DIR = REPO / "tests" / "golden"
+
+
+@pytest.fixture
+def golden(request):
+    """Compare rows (lists of strings, header first) with tests/golden/<name>.csv.
+
+    ``CLIP2CLINIC_UPDATE_GOLDEN=1 pytest ...`` rewrites the file and fails on purpose, so a
+    regeneration is never silent; review the diff, then rerun without it. A missing file fails.
+    """
+    import csv
+
+    written: list[str] = []
+
+    def fail_after_writing() -> None:
+        if written:
+            pytest.fail(f"wrote {written}; rerun without CLIP2CLINIC_UPDATE_GOLDEN and review the diff")
+
+    request.addfinalizer(fail_after_writing)
+
+    def check(name: str, rows: list[list[str]]) -> None:
+        path = GOLDEN_DIR / f"{name}.csv"
+        if os.environ.get("CLIP2CLINIC_UPDATE_GOLDEN"):
+            with path.open("w", newline="") as fh:
+                csv.writer(fh, lineterminator="\n").writerows(rows)
+            written.append(path.name)
+            return
+        assert path.exists(), f"{path} is missing: regenerate it with CLIP2CLINIC_UPDATE_GOLDEN=1"
+        with path.open(newline="") as fh:
+            expected = list(csv.reader(fh))
+        assert expected[0] == rows[0], "golden header changed"
+        mismatched = [(want, got) for want, got in zip(expected[1:], rows[1:], strict=False) if want != got]
+        assert len(expected) == len(rows) and not mismatched, (
+            f"{path}: {len(rows) - 1} rows vs {len(expected) - 1} golden; first differences: {mismatched[:3]}"
+        )
+
+    return check

@@ -74,3 +74,24 @@ def test_inspect_notebook_executes(demo_run: Path, tmp_path):
     errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
               if o.get("output_type") == "error"]
     assert not errors
+
+
+def _label_value(v: float | None) -> str:
+    return "" if v is None else str(int(v))
+
+
+def test_demo_labels_and_findings_golden(demo_run: Path, golden):
+    """Labels and fine findings of the tiny demo run (n=160, seed 0), pinned.
+
+    A change in the text engine that moves any label shows here as a reviewed diff
+    (CLIP2CLINIC_UPDATE_GOLDEN=1 regenerates; see tests/conftest.py).
+    """
+    from pipeline.core.schemas import chexpert_observations
+
+    observations = list(chexpert_observations())
+    labels = read_dataset(str(demo_run), "labels").sort_by("report_id").to_pylist()
+    golden("demo_labels", [["report_id", *observations]] +
+           [[r["report_id"], *(_label_value(r[o]) for o in observations)] for r in labels])
+    findings = read_dataset(str(demo_run), "findings").sort_by([("report_id", "ascending"), ("finding", "ascending")])
+    golden("demo_findings", [["report_id", "finding", "status", "n_mentions"]] +
+           [[r["report_id"], r["finding"], r["status"], str(r["n_mentions"])] for r in findings.to_pylist()])

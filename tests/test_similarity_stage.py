@@ -232,27 +232,14 @@ def _golden_rows(table: pa.Table) -> list[list[str]]:
     return rows
 
 
-def test_golden(tmp_path, client):
+def test_golden(tmp_path, client, golden):
     write_inputs(tmp_path)
     run(tmp_path, client)
     header = ["report_id", "neighbor_id", "rank", "score", "clinical_score"]
-    rows = _golden_rows(sorted_topk(tmp_path))
-    if os.environ.get("CLIP2CLINIC_UPDATE_GOLDEN"):
-        with GOLDEN.open("w", newline="") as fh:
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(header)
-            writer.writerows(rows)
-        pytest.fail(f"wrote {GOLDEN}; rerun without CLIP2CLINIC_UPDATE_GOLDEN and review the diff")
-    assert GOLDEN.exists(), f"{GOLDEN} is missing: regenerate it (see this module's docstring)"
-    with GOLDEN.open(newline="") as fh:
-        expected = list(csv.reader(fh))
-    assert expected[0] == header
-    assert rows == expected[1:]
+    golden("similarity_topk", [header, *_golden_rows(sorted_topk(tmp_path))])
 
 
-def test_stage_module_is_not_registered_by_default_yet():
-    # The lead adds "pipeline.similarity.stage" to STAGE_MODULES; until then the import above
-    # registers it. Either way the stages resolve by name.
+def test_stages_resolve_by_name():
     assert get_stage("similarity").fn is similarity_stage.similarity
     assert get_stage("clinical_vectors").kind == "map"
 
