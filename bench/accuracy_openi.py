@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 import sys
 import tempfile
 import time
@@ -48,6 +47,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _naive import build_naive_nlp, naive_labels  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
 
@@ -149,40 +149,12 @@ def hard_negative_fp(mentions: pa.Table, pred, gold, uncertain_positive: bool) -
 
 
 def naive_pipeline(data: Path, reports: list[dict]) -> tuple[dict[str, dict[str, float | None]], float]:
-    """The design-card baseline: blank spaCy + EntityRuler (labeler phrases) + default negspacy."""
-    import spacy
-    from negspacy.negation import Negex  # noqa: F401  (registers the "negex" factory)
-
-    nlp = spacy.blank("en")
-    nlp.add_pipe("sentencizer")
-    ruler = nlp.add_pipe("entity_ruler")
-    patterns = []
-    for path in sorted((data / "rules" / "chexpert-labeler" / "phrases" / "mention").glob("*.txt")):
-        label = path.stem.replace("_", " ").title()
-        for line in path.read_text().splitlines():
-            words = line.replace("_", " ").lower().split()
-            if not words:
-                continue
-            # The labeler matches its phrases as text prefixes ("atelecta" finds "atelectasis"):
-            # the last word is a prefix, the others whole words.
-            pattern = [{"LOWER": w} for w in words[:-1]] + [{"LOWER": {"REGEX": "^" + re.escape(words[-1])}}]
-            patterns.append({"label": label, "pattern": pattern})
-    ruler.add_patterns(patterns)
-    nlp.add_pipe("negex")
-    texts = []
-    for r in reports:
-        texts.append(
-            "\n".join(r["text"][s["start"] : s["end"]] for s in r["sections"] if s["name"] in LABELED)
-        )
+    """The design-card baseline (bench/_naive.py) over the same findings + impression text."""
+    nlp = build_naive_nlp(data)
+    texts = ["\n".join(r["text"][s["start"] : s["end"]] for s in r["sections"] if s["name"] in LABELED) for r in reports]
     start = time.perf_counter()
-    pred: dict[str, dict[str, float | None]] = {}
-    for r, doc in zip(reports, nlp.pipe(texts, batch_size=64), strict=True):
-        labels: dict[str, float | None] = {}
-        for ent in doc.ents:
-            value = 0.0 if ent._.negex else 1.0
-            labels[ent.label_] = max(labels.get(ent.label_, -1.0), value)
-        pred[r["report_id"]] = labels
-    return pred, time.perf_counter() - start
+    labels = naive_labels(nlp, texts)
+    return {r["report_id"]: lab for r, lab in zip(reports, labels, strict=True)}, time.perf_counter() - start
 
 
 def print_scores(title: str, rows: list[tuple[str, dict]]) -> None:
