@@ -349,18 +349,7 @@ class Runner:
         fingerprint = self.fingerprint(stage, config, extra)
         record = self._up_to_date(stage, fingerprint)
         if record is not None:
-            log.info("%s is up to date (fingerprint %s)", stage.name, fingerprint)
-            return StageReport(
-                stage.name,
-                "skipped",
-                parts=record["parts"],
-                rows_in=record["rows_in"],
-                rows_out=record["rows_out"],
-                rejected=record["rejected"],
-                seconds=0.0,
-                datasets=record["datasets"],
-                fingerprint=fingerprint,
-            )
+            return _skipped(stage, record, fingerprint)
         self._invalidate(stage)
         markers: dict[int, dict[str, Any]] = {}
         todo = []
@@ -526,16 +515,7 @@ class Runner:
         fingerprint = self.fingerprint(stage, config)
         record = self._up_to_date(stage, fingerprint)
         if record is not None:
-            return StageReport(
-                stage.name,
-                "skipped",
-                parts=record["parts"],
-                rows_in=record["rows_in"],
-                rows_out=record["rows_out"],
-                rejected=record["rejected"],
-                datasets=record["datasets"],
-                fingerprint=fingerprint,
-            )
+            return _skipped(stage, record, fingerprint)
         self._invalidate(stage)
         ctx = CorpusContext(self, stage, fingerprint)
         assert stage.fn is not None
@@ -544,6 +524,21 @@ class Runner:
         self.progress.advance(stage.name)
         self.progress.finish(stage.name)
         return self._finalise(stage, fingerprint, ctx.markers, ctx.n_parts, started)
+
+
+def _skipped(stage: Stage, record: Mapping[str, Any], fingerprint: str) -> StageReport:
+    """The report of a stage found up to date: its last completion record, nothing run."""
+    log.info("%s is up to date (fingerprint %s)", stage.name, fingerprint)
+    return StageReport(
+        stage.name,
+        "skipped",
+        parts=record["parts"],
+        rows_in=record["rows_in"],
+        rows_out=record["rows_out"],
+        rejected=record["rejected"],
+        datasets=record["datasets"],
+        fingerprint=fingerprint,
+    )
 
 
 class CorpusContext:
