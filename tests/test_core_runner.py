@@ -112,3 +112,20 @@ def test_single_stage_without_inputs_names_them(tmp_path, dask_client):
     with pytest.raises(PipelineError, match="needs dataset 'reports'") as err:
         runner.run_stage(get_stage("toy_split"), ToySplitConfig())
     assert err.value.code == "E_INPUT_MISSING"
+
+
+def test_optional_input_is_read_when_present_and_joins_the_fingerprint(tmp_path, dask_client):
+    assert [s.name for s in build_dag("x", ["toy_join", "toy_source"]).stages] == ["toy_source", "toy_join"]
+    # A DAG that also writes the optional input runs its producer first.
+    order = [s.name for s in build_dag("x", ["toy_join", "toy_split", "toy_source"]).stages]
+    assert order.index("toy_split") < order.index("toy_join")
+    runner = Runner(str(tmp_path), dask_client)
+    runner.run_stage(get_stage("toy_source"), ToySourceConfig(n_reports=20))
+    first = runner.run_stage(get_stage("toy_join"), ToySplitConfig())
+    statuses = set(read_dataset(str(tmp_path), "findings")["status"].to_pylist())
+    assert statuses == {"absent"}  # no sections yet
+    runner.run_stage(get_stage("toy_split"), ToySplitConfig())
+    second = runner.run_stage(get_stage("toy_join"), ToySplitConfig())
+    assert second.status == "ran" and second.fingerprint != first.fingerprint
+    assert "present" in set(read_dataset(str(tmp_path), "findings")["status"].to_pylist())
+    assert runner.run_stage(get_stage("toy_join"), ToySplitConfig()).status == "skipped"

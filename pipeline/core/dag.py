@@ -93,7 +93,7 @@ def build_dag(name: str, stage_names: list[str], *, description: str = "", where
     known_schemas = available_schemas()
     producers: dict[str, str] = {}
     for stage in stages:
-        for dataset in (*stage.inputs, *stage.outputs):
+        for dataset in (*stage.inputs, *stage.optional_inputs, *stage.outputs):
             if dataset not in known_schemas:
                 raise PipelineError(
                     "E_SCHEMA_MISSING",
@@ -117,6 +117,9 @@ def build_dag(name: str, stage_names: list[str], *, description: str = "", where
                     f"Add the stage that writes it.",
                 )
             graph[stage.name].add(producers[dataset])
+        for dataset in stage.optional_inputs:  # ordered after its producer when the DAG has one
+            if dataset in producers:
+                graph[stage.name].add(producers[dataset])
     sorter = graphlib.TopologicalSorter(graph)
     try:
         order = list(sorter.static_order())

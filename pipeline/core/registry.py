@@ -76,6 +76,9 @@ class Stage:
     primary_output: str | None = None
     optional_outputs: tuple[str, ...] = ()
     description: str = ""
+    # Read when present (their fingerprints then join this stage's); a DAG that also produces
+    # one runs its producer first. Absent, the stage runs without it.
+    optional_inputs: tuple[str, ...] = ()
 
     @property
     def id(self) -> str:
@@ -115,13 +118,14 @@ def map_stage(
     primary_output: str | None = None,
     key: str = "report_id",
     optional_outputs: tuple[str, ...] = (),
+    optional_inputs: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., dict[str, pa.Table]]], Callable[..., dict[str, pa.Table]]]:
     """Register a partition-wise stage.
 
     ``inputs[0]`` is the primary input: each of its rows must end up either in
     ``primary_output`` (by ``key``, default the first output) or in ``rejects``.
     ``optional_outputs`` may be absent from the function's result on some runs (the runner writes
-    them empty).
+    them empty). ``optional_inputs`` are passed in ``tables`` only when complete in the run.
     """
     _check_config(config)
 
@@ -139,6 +143,7 @@ def map_stage(
                 primary_output=primary_output or outputs[0],
                 optional_outputs=optional_outputs,
                 description=(fn.__doc__ or "").strip().split("\n")[0],
+                optional_inputs=optional_inputs,
             )
         )
         return fn
@@ -183,8 +188,12 @@ def corpus_stage(
     inputs: tuple[str, ...],
     outputs: tuple[str, ...],
     config: type,
+    optional_inputs: tuple[str, ...] = (),
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register a stage that works on the whole corpus through a run context."""
+    """Register a stage that works on the whole corpus through a run context.
+
+    ``optional_inputs``: datasets read when complete in the run (see :class:`Stage`).
+    """
     _check_config(config)
 
     def wrap(fn: Callable[..., None]) -> Callable[..., None]:
@@ -198,6 +207,7 @@ def corpus_stage(
                 config,
                 fn=fn,
                 description=(fn.__doc__ or "").strip().split("\n")[0],
+                optional_inputs=optional_inputs,
             )
         )
         return fn

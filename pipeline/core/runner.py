@@ -233,12 +233,15 @@ def run_source_part(
     return _commit_part(Store(out), stage, index, result.tables, fingerprint, accounting, started)
 
 
-def run_map_part(out: str, stage_name: str, config: Any, index: int, fingerprint: str) -> dict[str, Any]:
-    """Worker task: read one aligned part of every input, run the stage, check accounting, write."""
+def run_map_part(
+    out: str, stage_name: str, config: Any, index: int, fingerprint: str, optional: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Worker task: read one aligned part of every input (and of the ``optional`` inputs present),
+    run the stage, check accounting, write."""
     started = time.perf_counter()
     stage = get_stage(stage_name)
     store = Store(out)
-    inputs = {dataset: store.read_part(dataset, index) for dataset in stage.inputs}
+    inputs = {dataset: store.read_part(dataset, index) for dataset in (*stage.inputs, *optional)}
     assert stage.fn is not None
     tables = stage.fn(inputs, config=config)
     primary_in = inputs[stage.inputs[0]]
@@ -294,7 +297,18 @@ class Runner:
                     f"Run the stage that writes it first (or run a DAG: dag=labels).",
                 )
             found[dataset] = manifest["fingerprint"]
+        for dataset in self.present_optional_inputs(stage):
+            found[dataset] = self.store.read_json(self.store.manifest_path(dataset))["fingerprint"]
         return found
+
+    def present_optional_inputs(self, stage: Stage) -> tuple[str, ...]:
+        """The stage's optional inputs that are complete in this run."""
+        present = []
+        for dataset in stage.optional_inputs:
+            manifest = self.store.read_json(self.store.manifest_path(dataset))
+            if manifest and manifest.get("complete"):
+                present.append(dataset)
+        return tuple(present)
 
     def fingerprint(self, stage: Stage, config: Any, extra: str = "") -> str:
         return stable_hash(
@@ -363,6 +377,7 @@ class Runner:
         self.progress.start(stage.name, n_parts, done_before)
         futures = {}
         run_token = uuid.uuid4().hex[:8]  # keys must not collide with a failed earlier attempt
+        optional = self.present_optional_inputs(stage)
         for index in todo:
             if stage.kind == "source":
                 fut = self.client.submit(
@@ -384,6 +399,7 @@ class Runner:
                     config,
                     index,
                     fingerprint,
+                    optional,
                     key=f"{stage.name}-{run_token}-{index}",
                     pure=False,
                 )
