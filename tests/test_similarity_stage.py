@@ -11,10 +11,8 @@ fails too.
 
 from __future__ import annotations
 
-import csv
 import importlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np

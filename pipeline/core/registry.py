@@ -35,6 +35,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "pipeline.ingest.stage",
     "pipeline.text.stage",
     "pipeline.evaluate.stage",
+    "pipeline.graph.stage",
     "pipeline.similarity.stage",
 )
 

@@ -113,13 +113,13 @@ def weights_of(config: SimilarityConfig) -> dict[str, float]:
     inputs=("clinical_vectors", "reports"),
     outputs=("similarity_topk",),
     config=SimilarityConfig,
+    optional_inputs=("graph_embeddings",),
 )
 def similarity(ctx: CorpusContext, *, config: SimilarityConfig) -> None:
     """Exact top-k neighbours of every report (score = weighted component cosines), sparse triplets."""
     weights = weights_of(config)
     if "graph" in weights:
-        # Not a declared input (the graph stage comes later), so its fingerprint is not in ours:
-        # see the package README for the core change that fixes this.
+        # An optional input: its fingerprint joins ours when present; the graph weight needs it.
         manifest = ctx.store.read_json(ctx.store.manifest_path("graph_embeddings"))
         if not manifest or not manifest.get("complete"):
             raise PipelineError(
