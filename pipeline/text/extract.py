@@ -125,6 +125,13 @@ def _labeled_flags(sentences: pa.Table, sections: pa.Table | None, config: Extra
     return flags
 
 
+# Mention columns copied as they are from the engine's hits (offsets are made report-relative).
+_HIT_FIELDS = (
+    "text", "finding", "observation", "status", "cue", "rule",
+    "anatomy", "laterality", "severity", "size", "temporal",
+)
+
+
 def extract(tables: Mapping[str, pa.Table], *, config: ExtractConfig) -> dict[str, pa.Table]:
     """Mentions, labels and findings of one partition.
 
@@ -153,26 +160,7 @@ def extract(tables: Mapping[str, pa.Table], *, config: ExtractConfig) -> dict[st
     hits = engine.analyse([sent["text"][i] for i in rows], batch_size=config.batch_size)
 
     cols: dict[str, list] = {
-        name: []
-        for name in (
-            "report_id",
-            "section",
-            "sentence_idx",
-            "start",
-            "end",
-            "text",
-            "finding",
-            "observation",
-            "status",
-            "cue",
-            "rule",
-            "anatomy",
-            "laterality",
-            "severity",
-            "size",
-            "temporal",
-            "in_labeled_section",
-        )
+        name: [] for name in ("report_id", "section", "sentence_idx", "start", "end", *_HIT_FIELDS, "in_labeled_section")
     }
     for i, sentence_hits in zip(rows, hits, strict=True):
         base = sent["start"][i]
@@ -182,19 +170,7 @@ def extract(tables: Mapping[str, pa.Table], *, config: ExtractConfig) -> dict[st
             cols["sentence_idx"].append(sent["sentence_idx"][i])
             cols["start"].append(base + h.start)
             cols["end"].append(base + h.end)
-            for name in (
-                "text",
-                "finding",
-                "observation",
-                "status",
-                "cue",
-                "rule",
-                "anatomy",
-                "laterality",
-                "severity",
-                "size",
-                "temporal",
-            ):
+            for name in _HIT_FIELDS:
                 cols[name].append(getattr(h, name))
             cols["in_labeled_section"].append(labeled[i])
     mentions = typed_table(cols, "mentions")
