@@ -312,7 +312,7 @@ def run_labels_dag(data: Path, out: Path, workers: int) -> dict[str, float]:
     )
     dag = load_dag("labels")
     with dask_client(cfg.cluster) as client:
-        client.run(load_engine)  # the spaCy pipeline loads once per worker: not a per-report cost
+        client.run(lambda: load_engine() and None)  # load once per worker (not a per-report cost); return nothing
         reports = Runner(cfg.out, client).run_dag(dag, {s.name: cfg.stage_config(s.name) for s in dag.stages})
     return {r.stage: r.seconds for r in reports}
 

@@ -16,10 +16,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import PeakRSS, mib, print_figures, timed, worker_peak_rss  # noqa: E402
-from pipeline.demo import generate_demo_dump  # noqa: E402
 
 from pipeline.core.registry import get_stage  # noqa: E402
 from pipeline.core.runner import ClusterConfig, Runner, dask_client  # noqa: E402
+from pipeline.demo import generate_demo_dump  # noqa: E402
 from pipeline.ingest.config import DatasetConfig, IngestConfig  # noqa: E402
 
 

@@ -77,7 +77,7 @@ def main(argv: list[str]) -> None:
                 generate_demo_dump(dump, n_reports=n, seed=0, dicom_fraction=0.0)
             rows.append(("demo dump generated", f"{gen['seconds']:.0f} s"))
         with dask_client(ClusterConfig(n_workers=workers)) as client:
-            client.run(load_engine)  # the spaCy pipeline loads once per worker, before timing
+            client.run(lambda: load_engine() and None)  # load once per worker before timing; return nothing
             full = work / "full"
             ingest_cfg = compose_run(["dataset=mimic_cxr", f"dataset.root={dump}", f"stages.ingest.part_size={part_size}"])
             Runner(str(full), client).run_stage(get_stage("ingest"), ingest_cfg.stage_config("ingest"))
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
                 if out != full and not out.exists():
                     subset_run(full, out, n_parts)
                 client.run(text_nlp._engine.cache_clear)  # each size starts with a cold sentence memo
-                client.run(load_engine)
+                client.run(lambda: load_engine() and None)
                 secs = text_stages(Runner(str(out), client), [])
                 total = secs["parse"] + secs["extract"]
                 label = f"demo {secs['parse_rows']:,} reports"
@@ -107,7 +107,7 @@ def main(argv: list[str]) -> None:
                 cfg = compose_run(openi + extra)
                 Runner(str(out), client).run_stage(get_stage("ingest"), cfg.stage_config("ingest"))
                 client.run(text_nlp._engine.cache_clear)  # a fresh engine: its sentence memo starts cold
-                client.run(load_engine)
+                client.run(lambda: load_engine() and None)
                 secs = text_stages(Runner(str(out), client), openi + extra)
                 total = secs["parse"] + secs["extract"]
                 rows.append((f"Open-i 2,793 reports, memo {memo}: reports/s | per core",
