@@ -204,47 +204,30 @@ def _read_images(
                     rejects.add(IMAGES, row_id, problem.code, f"{path}: {problem.detail}")
                     continue
             in_meta = bool(cols["in_metadata"][i])
-            if header is not None:
-                source = "both" if in_meta else "dicom"
-                rows.append(
-                    (
-                        row_id,
-                        rid,
-                        cols["subject_id"][i],
-                        cols["study_id"][i],
-                        normalise_split(cols["split"][i]),
-                        path,
-                        fmt,
-                        header.view_position or view,
-                        header.rows or meta_rows,
-                        header.columns or meta_columns,
-                        header.modality,
-                        header.photometric_interpretation,
-                        header.bits_stored,
-                        header.transfer_syntax,
-                        source,
-                    )
+            if header is not None:  # the header wins where it speaks; the CSV fills the gaps
+                technical = (
+                    header.view_position or view,
+                    header.rows or meta_rows,
+                    header.columns or meta_columns,
+                    header.modality,
+                    header.photometric_interpretation,
+                    header.bits_stored,
+                    header.transfer_syntax,
+                    "both" if in_meta else "dicom",
                 )
             else:
-                rows.append(
-                    (
-                        row_id,
-                        rid,
-                        cols["subject_id"][i],
-                        cols["study_id"][i],
-                        normalise_split(cols["split"][i]),
-                        path,
-                        fmt,
-                        view,
-                        meta_rows,
-                        meta_columns,
-                        None,
-                        None,
-                        None,
-                        None,
-                        "metadata" if in_meta else "file",
-                    )
+                technical = (
+                    view,
+                    meta_rows,
+                    meta_columns,
+                    None,
+                    None,
+                    None,
+                    None,
+                    "metadata" if in_meta else "file",
                 )
+            ids = (row_id, rid, cols["subject_id"][i], cols["study_id"][i], normalise_split(cols["split"][i]))
+            rows.append((*ids, path, fmt, *technical))
     return rows
 
 
