@@ -47,6 +47,7 @@ import pyarrow as pa
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import print_figures  # noqa: E402
 from _naive import build_naive_nlp, naive_labels  # noqa: E402
 from rich.console import Console  # noqa: E402
 from rich.table import Table  # noqa: E402
@@ -172,15 +173,6 @@ def print_scores(title: str, rows: list[tuple[str, dict]]) -> None:
     for _, scores in rows:
         cells.extend(["", "", f"{macro(scores):.3f}"])
     table.add_row("macro", *cells)
-    Console(width=160).print(table)
-
-
-def print_figures(title: str, rows: list[tuple[str, str]]) -> None:
-    table = Table(title=title)
-    table.add_column("figure")
-    table.add_column("value", justify="right")
-    for name, value in rows:
-        table.add_row(name, value)
     Console(width=160).print(table)
 
 
