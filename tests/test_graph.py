@@ -30,8 +30,20 @@ from pipeline.graph.vocabulary import load_vocabulary
 TEXT = "Small left pleural effusion. There is a right lower lobe opacity, which may represent pneumonia."
 
 
-def mention(text: str, word: str, finding: str, status: str = "present", sidx: int = 0, **mods) -> dict:
+def mention(
+    text: str,
+    word: str,
+    finding: str,
+    status: str = "present",
+    sidx: int = 0,
+    words: tuple[tuple[str, str, str], ...] = (),
+    **mods,
+) -> dict:
+    """A mention row; ``words``: (kind, value, surface) given to it, found in ``text``."""
     start = text.index(word)
+    modifiers = [
+        {"kind": k, "value": v, "start": text.index(w), "end": text.index(w) + len(w)} for k, v, w in words
+    ]
     return {
         "sentence_idx": sidx,
         "start": start,
@@ -44,14 +56,31 @@ def mention(text: str, word: str, finding: str, status: str = "present", sidx: i
         "size": None,
         "severity": None,
         "temporal": None,
+        "modifiers": modifiers,
         **mods,
     }
 
 
 def sample_graph() -> tuple[list[dict], list[dict]]:
     mentions = [
-        mention(TEXT, "effusion", "pleural_effusion", anatomy="pleura", laterality="left", size="small"),
-        mention(TEXT, "opacity", "opacity", sidx=1, anatomy="lower_lobe", laterality="right"),
+        mention(
+            TEXT,
+            "effusion",
+            "pleural_effusion",
+            words=(("anatomy", "pleura", "pleural"), ("laterality", "left", "left"), ("size", "small", "Small")),
+            anatomy="pleura",
+            laterality="left",
+            size="small",
+        ),
+        mention(
+            TEXT,
+            "opacity",
+            "opacity",
+            sidx=1,
+            words=(("anatomy", "lower_lobe", "lower lobe"), ("laterality", "right", "right")),
+            anatomy="lower_lobe",
+            laterality="right",
+        ),
         mention(TEXT, "pneumonia", "pneumonia", "uncertain", sidx=1, anatomy="lung"),
     ]
     return report_graph("r1", mentions, {0: (0, TEXT[:28]), 1: (29, TEXT[29:])})

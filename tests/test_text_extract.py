@@ -250,7 +250,7 @@ def test_temporal_words_keep_status_and_resolved_removes():
     assert status("The endotracheal tube has been removed.", "endotracheal_tube") == "absent"
     hit = one("Unchanged small left effusion.", "pleural_effusion")
     assert (hit.status, hit.temporal, hit.size, hit.laterality) == ("present", "unchanged", "small", "left")
-    assert one("New right upper lobe opacity.", "opacity")[5:] == (
+    assert one("New right upper lobe opacity.", "opacity")[5:13] == (
         "present",
         None,
         "default.present",

@@ -41,6 +41,9 @@ def mention_table(rows: list[dict]) -> pa.Table:
             "severity": None,
             "size": None,
             "temporal": None,
+            "cue_start": None,
+            "cue_end": None,
+            "modifiers": [],
             "in_labeled_section": True,
             **row,
         }

@@ -4,13 +4,12 @@ For each counted mention (``in_labeled_section``, unless configured otherwise):
 
 * an observation entity on the mention's span, labelled by status (present OBS-DP, uncertain
   OBS-U, absent OBS-DA), concept = mentions.finding;
-* an anatomy entity (ANAT-DP) on the nearest written surface term of mentions.anatomy in the same
-  sentence (vocabulary.yaml ``anatomy``), within ``window`` characters, and ``located_at`` from the
-  observation to it. The text engine records only the anatomy id, so its span is found again here;
-  an anatomy that is only the finding's default (nothing written) gets no entity;
-* a modifier entity per laterality / size / severity / temporal value on the mention, on the
-  nearest surface word of that value, with ``modify`` to the anatomy (laterality, when the anatomy
-  has an entity) or to the observation. RadGraph labels laterality ANAT-DP, the others OBS-DP;
+* an anatomy entity (ANAT-DP) on the anatomy word the text engine gave the mention
+  (mentions.modifiers, kind ``anatomy``), and ``located_at`` from the observation to it; an
+  anatomy that is only the finding's default (nothing written) gets no entity;
+* a modifier entity per laterality / size / severity / temporal word given to the mention, with
+  ``modify`` to the anatomy (laterality, when the anatomy has an entity) or to the observation.
+  RadGraph labels laterality ANAT-DP, the others OBS-DP;
 * ``suggestive_of`` from an observation to the next observation of the same sentence when that one
   is uncertain and a suggestive cue ("may represent", "concerning for") lies between them.
 
@@ -21,7 +20,6 @@ in (start, end, label, concept) order, so the output is deterministic.
 from __future__ import annotations
 
 import bisect
-import functools
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -29,7 +27,7 @@ from typing import Any
 import pyarrow as pa
 
 from pipeline.core.schemas import conform, load_schema
-from pipeline.graph.vocabulary import Vocabulary, load_vocabulary, term_pattern
+from pipeline.graph.vocabulary import Vocabulary, load_vocabulary
 
 LABELS: tuple[str, ...] = ("ANAT-DP", "OBS-DP", "OBS-U", "OBS-DA")
 LABEL_ID: dict[str, int] = {label: i for i, label in enumerate(LABELS)}
@@ -50,20 +48,6 @@ RELATION_COLUMNS: tuple[str, ...] = tuple(load_schema("kg_relations").names)
 Row = dict[str, Any]
 
 
-@functools.cache
-def _patterns(
-    vocab_version: int,
-) -> tuple[dict[str, re.Pattern[str]], dict[tuple[str, str], re.Pattern[str]]]:
-    vocab = load_vocabulary()
-    anatomy = {a: term_pattern(terms) for a, terms in vocab.anatomy_terms.items()}
-    modifiers = {
-        (kind, value): term_pattern(terms)
-        for kind, values in vocab.modifier_terms.items()
-        for value, terms in values.items()
-    }
-    return anatomy, modifiers
-
-
 def concept_id(vocab: Vocabulary, kind: str, concept: str) -> int:
     """The GCN node feature of a concept: its vocabulary slot, the anatomy index, or -1."""
     if kind == "observation":
@@ -74,28 +58,10 @@ def concept_id(vocab: Vocabulary, kind: str, concept: str) -> int:
     return -1
 
 
-def _nearest(
-    pattern: re.Pattern[str], text: str, base: int, start: int, end: int, window: int
-) -> tuple[int, int] | None:
-    """The match of ``pattern`` in ``text`` (at report offset ``base``) nearest to [start, end)."""
-    best, best_key = None, None
-    for m in pattern.finditer(text):
-        s, e = base + m.start(), base + m.end()
-        d = 0 if s < end and e > start else (start - e if e <= start else s - end)
-        if d > window:
-            continue
-        key = (d, 0 if e <= start else 1, s)  # on a tie the word before the mention wins
-        if best_key is None or key < best_key:
-            best, best_key = (s, e), key
-    return best
-
-
 def report_graph(
     report_id: str,
     mentions: Sequence[Mapping[str, Any]],
     sentences: Mapping[int, tuple[int, str]],
-    *,
-    window: int = 40,
 ) -> tuple[list[Row], list[Row]]:
     """Entities and relations of one report.
 
@@ -104,7 +70,6 @@ def report_graph(
     A mention whose sentence is missing still gets its observation entity (no anatomy/modifiers).
     """
     vocab = load_vocabulary()
-    anat_pat, mod_pat = _patterns(vocab.version)
     nodes: dict[tuple[int, int, str, str], Row] = {}
     edges: dict[tuple[tuple, tuple], str] = {}
 
@@ -138,26 +103,23 @@ def report_graph(
             continue
         base, text = sentence
         anat = None
-        if m.get("anatomy") in anat_pat:
-            span = _nearest(anat_pat[m["anatomy"]], text, base, m["start"], m["end"], window)
-            if span is not None and span != (m["start"], m["end"]):  # "heart size": one entity, not two
-                s, e = span
-                anat = node(s, e, "ANAT-DP", "anatomy", m["anatomy"], text[s - base : e - base], sidx)
+        words = m.get("modifiers") or ()
+        for w in words:
+            # "heart size" is the anchor and its anatomy at once: one entity, not two
+            if w["kind"] == "anatomy" and (w["start"], w["end"]) != (m["start"], m["end"]):
+                s, e = w["start"], w["end"]
+                anat = node(s, e, "ANAT-DP", "anatomy", w["value"], text[s - base : e - base], sidx)
                 edges.setdefault((obs, anat), "located_at")
-        for kind in MODIFIER_KINDS:
-            value = m.get(kind)
-            if not value or (kind, value) not in mod_pat:
+        for w in words:
+            kind, s, e = w["kind"], w["start"], w["end"]
+            if kind not in MODIFIER_KINDS:
                 continue
-            span = _nearest(mod_pat[(kind, value)], text, base, m["start"], m["end"], window)
-            if span is None:
-                continue
-            s, e = span
             if anat is not None and (s, e) == anat[:2]:
                 continue  # laterality implied by the anatomy word itself ("bibasilar")
             if s >= m["start"] and e <= m["end"]:
                 continue  # part of the mention's own words ("acute" in "acute cardiopulmonary process")
             label = "ANAT-DP" if kind == "laterality" else "OBS-DP"
-            mod = node(s, e, label, "modifier", f"{kind}:{value}", text[s - base : e - base], sidx)
+            mod = node(s, e, label, "modifier", f"{kind}:{w['value']}", text[s - base : e - base], sidx)
             target = anat if kind == "laterality" and anat is not None else obs
             edges.setdefault((mod, target), "modify")
     for sidx, items in by_sentence.items():
@@ -208,7 +170,6 @@ def graphs_from_mentions(
     sentences: pa.Table,
     *,
     labeled_only: bool = True,
-    window: int = 40,
 ) -> dict[str, tuple[list[Row], list[Row]]]:
     """Entities and relations of every report with at least one usable mention, by report_id."""
     if labeled_only and mentions.num_rows:
@@ -224,7 +185,7 @@ def graphs_from_mentions(
         if rid in per_report:
             sents.setdefault(rid, {})[idx] = (start, text)
     return {
-        rid: report_graph(rid, rows, sents.get(rid, {}), window=window)
+        rid: report_graph(rid, rows, sents.get(rid, {}))
         for rid, rows in sorted(per_report.items())
     }
 

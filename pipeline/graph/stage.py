@@ -42,7 +42,6 @@ class GraphConfig:
     """How report graphs are made."""
 
     labeled_only: bool = True  # only mentions of the labeled sections (not indication, history)
-    window: int = 40  # characters between a mention and its anatomy / modifier word
     radgraph_json: str | None = None  # a RadGraph JSON file to read instead of deriving graphs
 
 
@@ -87,7 +86,7 @@ def graph(tables: Mapping[str, pa.Table], *, config: GraphConfig) -> dict[str, p
         graphs, rejected = _from_radgraph(tables, config.radgraph_json)
     else:
         graphs = graphs_from_mentions(
-            tables["mentions"], tables["sentences"], labeled_only=config.labeled_only, window=config.window
+            tables["mentions"], tables["sentences"], labeled_only=config.labeled_only
         )
     done = {rid for rid, _ in rejected}
     for rid in tables["reports"].column("report_id").to_pylist():

@@ -160,7 +160,11 @@ def extract(tables: Mapping[str, pa.Table], *, config: ExtractConfig) -> dict[st
     hits = engine.analyse([sent["text"][i] for i in rows], batch_size=config.batch_size)
 
     cols: dict[str, list] = {
-        name: [] for name in ("report_id", "section", "sentence_idx", "start", "end", *_HIT_FIELDS, "in_labeled_section")
+        name: []
+        for name in (
+            "report_id", "section", "sentence_idx", "start", "end", *_HIT_FIELDS,
+            "cue_start", "cue_end", "modifiers", "in_labeled_section",
+        )
     }
     for i, sentence_hits in zip(rows, hits, strict=True):
         base = sent["start"][i]
@@ -172,6 +176,11 @@ def extract(tables: Mapping[str, pa.Table], *, config: ExtractConfig) -> dict[st
             cols["end"].append(base + h.end)
             for name in _HIT_FIELDS:
                 cols[name].append(getattr(h, name))
+            cols["cue_start"].append(None if h.cue_start is None else base + h.cue_start)
+            cols["cue_end"].append(None if h.cue_end is None else base + h.cue_end)
+            cols["modifiers"].append(
+                [{"kind": k, "value": v, "start": base + a, "end": base + b} for k, v, a, b in h.modifiers]
+            )
             cols["in_labeled_section"].append(labeled[i])
     mentions = typed_table(cols, "mentions")
 

@@ -58,6 +58,11 @@ class MentionHit(NamedTuple):
     severity: str | None
     size: str | None
     temporal: str | None
+    # where the deciding cue (or normal-phrasing qualifier) is, in sentence characters
+    cue_start: int | None = None
+    cue_end: int | None = None
+    # (kind, value, start, end) of each anatomy / laterality / modifier word given to the mention
+    modifiers: tuple[tuple[str, str, int, int], ...] = ()
 
 
 class _Matchers:
@@ -219,6 +224,15 @@ def build_nlp(lexicon_dir: str | None = None) -> Language:
     return nlp
 
 
+# status, cue text, rule id, and the cue's character span in the sentence (None when no cue)
+Decision = tuple[str, str | None, str, tuple[int, int] | None]
+
+
+def _chars(doc: Doc, start: int, end: int) -> tuple[int, int]:
+    span = doc[start:end]
+    return span.start_char, span.end_char
+
+
 class TextEngine:
     """Sentence texts in, mention tuples out; one per process (see :func:`load_engine`)."""
 
@@ -320,9 +334,16 @@ class TextEngine:
     def _to_original(hit: MentionHit, text: str, offsets: list[int] | None) -> MentionHit:
         if offsets is None:
             return hit
-        start = offsets[hit.start]
-        end = offsets[hit.end - 1] + 1
-        return hit._replace(start=start, end=end, text=text[start:end])
+
+        def span(a: int, b: int) -> tuple[int, int]:
+            return offsets[a], offsets[b - 1] + 1
+
+        start, end = span(hit.start, hit.end)
+        cue_start, cue_end = span(hit.cue_start, hit.cue_end) if hit.cue_start is not None else (None, None)
+        modifiers = tuple((k, v, *span(a, b)) for k, v, a, b in hit.modifiers)
+        return hit._replace(
+            start=start, end=end, text=text[start:end], cue_start=cue_start, cue_end=cue_end, modifiers=modifiers
+        )
 
     def _remember(self, text: str, hits: tuple[MentionHit, ...]) -> None:
         cache = self._cache
@@ -346,20 +367,15 @@ class TextEngine:
         hits: list[MentionHit] = []
         for j, ent in enumerate(ents):
             kind, ident = ent.label_.split("|", 1)
-            mods = attached[j]
-            anatomy, laterality = self._anatomy_of(mods)
-            modifiers = (mods.get("severity"), mods.get("size"), mods.get("temporal"))
+            words = self._words_of(doc, attached[j])
+            place = self._anatomy_of({k: v[0] for k, v in attached[j].items()})
             if kind == "F":
                 finding = lex.findings[ident]
                 if finding.kind == "statement":
-                    status, cue, rule = "present", None, f"statement.{finding.id}"
+                    decided: Decision = ("present", None, f"statement.{finding.id}", None)
                 else:
-                    status, cue, rule = self._status(ent, ents, doc)
-                hits.append(
-                    self._hit(
-                        ent, finding, finding.observation, status, cue, rule, anatomy, laterality, modifiers
-                    )
-                )
+                    decided = self._status(ent, ents, doc)
+                hits.append(self._hit(ent, finding, finding.observation, decided, place, words))
                 continue
             anchor = lex.anchors[ident]
             qual = self._qualifier(ent, qualifiers, chunk, ents, doc)
@@ -367,28 +383,39 @@ class TextEngine:
                 finding = lex.findings[reading.finding]
                 observation = finding.observation if reading.counts_toward_label else None
                 if qual is not None and qual[0] in reading.when:
-                    status, cue, rule = self._qualified(ent, ents, doc, anchor, reading.when[qual[0]], qual)
+                    decided = self._qualified(ent, ents, doc, anchor, reading.when[qual[0]], qual)
                 elif reading.default == "present":
-                    status, cue, rule = self._status(ent, ents, doc)
+                    decided = self._status(ent, ents, doc)
                 else:
                     continue
-                hits.append(
-                    self._hit(ent, finding, observation, status, cue, rule, anatomy, laterality, modifiers)
-                )
+                hits.append(self._hit(ent, finding, observation, decided, place, words))
         return hits
+
+    @staticmethod
+    def _words_of(doc: Doc, mods: dict[str, tuple[str, int, int]]) -> tuple[tuple[str, str, int, int], ...]:
+        """The attached words as (kind, value, start char, end char), anatomy first."""
+        out = []
+        packed = mods.get("anatomy") or mods.get("anatomy_in")
+        if packed:
+            out.append(("anatomy", packed[0].split("|")[0], packed[1], packed[2]))
+        for kind in ("laterality", "severity", "size", "temporal"):
+            if kind in mods:
+                value, s, e = mods[kind]
+                out.append((kind, value, s, e))
+        return tuple((k, v, doc[s].idx, doc[e - 1].idx + len(doc[e - 1].text)) for k, v, s, e in out)
 
     def _hit(
         self,
         ent: Span,
         finding: Finding,
         observation: str | None,
-        status: str,
-        cue: str | None,
-        rule: str,
-        anatomy: str | None,
-        laterality: str | None,
-        modifiers: tuple[str | None, str | None, str | None],
+        decided: Decision,
+        place: tuple[str | None, str | None],
+        words: tuple[tuple[str, str, int, int], ...],
     ) -> MentionHit:
+        status, cue, rule, cue_span = decided
+        anatomy, laterality = place
+        values = {k: v for k, v, _, _ in words}
         if finding.refine and anatomy in finding.refine:
             finding = self.lexicon.findings[finding.refine[anatomy]]
             observation = finding.observation if observation is not None else None
@@ -403,13 +430,15 @@ class TextEngine:
             rule,
             anatomy or finding.anatomy,
             laterality,
-            *modifiers,
+            values.get("severity"),
+            values.get("size"),
+            values.get("temporal"),
+            *(cue_span or (None, None)),
+            words,
         )
 
-    def _status(
-        self, ent: Span, ents: list[Span], doc: Doc, extra: Cue | None = None
-    ) -> tuple[str, str | None, str]:
-        """Status, cue text and rule of one mention.
+    def _status(self, ent: Span, ents: list[Span], doc: Doc, extra: Cue | None = None) -> Decision:
+        """Status, cue text, rule and cue character span of one mention.
 
         The nearer of the negation and the hedge decides (see :func:`decide`); a probable cue
         ("likely") gives present. An alternative ("X versus Y", "X and/or Y") makes the mention
@@ -430,17 +459,16 @@ class TextEngine:
             between = any(neg.end <= e.start and e.end <= unc.start for e in ents)
         cue = decide(neg, unc, (ent.start, ent.end), between)
         if cue is not None and cue.rule.startswith(self._neg_prefix):
-            return "absent", cue.text, cue.rule
+            return "absent", cue.text, cue.rule, _chars(doc, cue.start, cue.end)
         probable = (
             cue is not None and bool(self._probable_prefix) and cue.rule.startswith(self._probable_prefix)
         )
         if alt is not None and (cue is None or probable):
-            return "uncertain", alt.text, alt.rule
+            return "uncertain", alt.text, alt.rule, _chars(doc, alt.start, alt.end)
         if cue is None:
-            return "present", None, "default.present"
-        if probable:
-            return "present", cue.text, cue.rule
-        return "uncertain", cue.text, cue.rule
+            return "present", None, "default.present", None
+        status = "present" if probable else "uncertain"
+        return status, cue.text, cue.rule, _chars(doc, cue.start, cue.end)
 
     def _qualified(
         self,
@@ -450,10 +478,11 @@ class TextEngine:
         anchor: Anchor,
         status: str,
         qual: tuple[str, int, int, str],
-    ) -> tuple[str, str | None, str]:
-        group, q_start, _, q_text = qual
+    ) -> Decision:
+        group, q_start, q_end, q_text = qual
+        q_span = _chars(doc, q_start, q_end)
         if status == "absent":
-            return "absent", q_text, f"normal.{anchor.id}_{group}"
+            return "absent", q_text, f"normal.{anchor.id}_{group}", q_span
         # "the heart is possibly enlarged": a cue between the anchor and its qualifier still counts.
         inner = None
         if q_start > ent.end:
@@ -467,7 +496,7 @@ class TextEngine:
         got = self._status(ent, ents, doc, extra=inner)
         if got[1] is not None:
             return got
-        return status, q_text, f"qual.{anchor.id}_{group}"
+        return status, q_text, f"qual.{anchor.id}_{group}", q_span
 
     @staticmethod
     def _qualifier(
@@ -509,8 +538,10 @@ class TextEngine:
 
     def _attach(
         self, doc: Doc, ents: list[Span], chunk: list[int]
-    ) -> tuple[list[dict[str, str]], list[tuple[str, int, int, str]]]:
+    ) -> tuple[list[dict[str, tuple[str, int, int]]], list[tuple[str, int, int, str]]]:
         """Give each anatomy/laterality/modifier match to its nearest mention in the same clause.
+
+        Returns, per mention, slot -> (value, start token, end token), and the doc's qualifiers.
 
         A word inside a finding belongs to it ("pleural" in "pleural effusion"). A word inside an
         anchor belongs to the anchor, and its anatomy may also give a site to a generic finding
@@ -518,11 +549,11 @@ class TextEngine:
         fracture into a rib fracture.
         """
         findings = self.lexicon.findings
-        best: list[dict[str, tuple[int, str]]] = [{} for _ in ents]
+        best: list[dict[str, tuple[int, str, int, int]]] = [{} for _ in ents]
         qualifiers: list[tuple[str, int, int, str]] = []
         finding_tokens = {i for ent in ents if ent.label_[0] == "F" for i in range(ent.start, ent.end)}
 
-        def give(j: int, distance: int, inside: bool, tag: str, key: str) -> None:
+        def give(j: int, distance: int, inside: bool, tag: str, key: str, s: int, e: int) -> None:
             if tag == "N":
                 _, anat, lat = key.split("|")
                 slot, value = ("anatomy_in" if inside else "anatomy"), f"{anat}|{lat}"
@@ -532,7 +563,7 @@ class TextEngine:
                 _, slot, value = key.split("|")
             old = best[j].get(slot)
             if old is None or distance < old[0]:
-                best[j][slot] = (distance, value)
+                best[j][slot] = (distance, value, s, e)
 
         for key, s, e in doc.user_data[AUX_KEY]:
             tag = key[0]
@@ -552,7 +583,7 @@ class TextEngine:
                     if ent.label_[0] == "F":
                         target, target_key = j, (0, 0)
                         break
-                    give(j, 0, True, tag, key)
+                    give(j, 0, True, tag, key, s, e)
                     site_only = True
                     continue
                 if s < ent.end and e > ent.start:
@@ -575,8 +606,8 @@ class TextEngine:
                     and key.split("|")[1] in findings[ent.label_[2:]].refine
                 ):
                     continue
-                give(target, target_key[0], s >= ent.start and e <= ent.end, tag, key)
-        return [{k: v for k, (_, v) in b.items()} for b in best], qualifiers
+                give(target, target_key[0], s >= ent.start and e <= ent.end, tag, key, s, e)
+        return [{k: (v, a, b) for k, (_, v, a, b) in slots.items()} for slots in best], qualifiers
 
     @staticmethod
     def _anatomy_of(mods: dict[str, str]) -> tuple[str | None, str | None]:
