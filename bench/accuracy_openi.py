@@ -152,7 +152,10 @@ def hard_negative_fp(mentions: pa.Table, pred, gold, uncertain_positive: bool) -
 def naive_pipeline(data: Path, reports: list[dict]) -> tuple[dict[str, dict[str, float | None]], float]:
     """The design-card baseline (bench/_naive.py) over the same findings + impression text."""
     nlp = build_naive_nlp(data)
-    texts = ["\n".join(r["text"][s["start"] : s["end"]] for s in r["sections"] if s["name"] in LABELED) for r in reports]
+    texts = [
+        "\n".join(r["text"][s["start"] : s["end"]] for s in r["sections"] if s["name"] in LABELED)
+        for r in reports
+    ]
     start = time.perf_counter()
     labels = naive_labels(nlp, texts)
     return {r["report_id"]: lab for r, lab in zip(reports, labels, strict=True)}, time.perf_counter() - start
@@ -304,7 +307,9 @@ def run_labels_dag(data: Path, out: Path, workers: int) -> dict[str, float]:
     )
     dag = load_dag("labels")
     with dask_client(cfg.cluster) as client:
-        client.run(lambda: load_engine() and None)  # load once per worker (not a per-report cost); return nothing
+        client.run(
+            lambda: load_engine() and None
+        )  # load once per worker (not a per-report cost); return nothing
         reports = Runner(cfg.out, client).run_dag(dag, {s.name: cfg.stage_config(s.name) for s in dag.stages})
     return {r.stage: r.seconds for r in reports}
 

@@ -79,7 +79,9 @@ def main(argv: list[str]) -> None:
         with dask_client(ClusterConfig(n_workers=workers)) as client:
             client.run(lambda: load_engine() and None)  # load once per worker before timing; return nothing
             full = work / "full"
-            ingest_cfg = compose_run(["dataset=mimic_cxr", f"dataset.root={dump}", f"stages.ingest.part_size={part_size}"])
+            ingest_cfg = compose_run(
+                ["dataset=mimic_cxr", f"dataset.root={dump}", f"stages.ingest.part_size={part_size}"]
+            )
             Runner(str(full), client).run_stage(get_stage("ingest"), ingest_cfg.stage_config("ingest"))
             for size in sizes:
                 n_parts = -(-size // part_size)
@@ -92,15 +94,24 @@ def main(argv: list[str]) -> None:
                 total = secs["parse"] + secs["extract"]
                 label = f"demo {secs['parse_rows']:,} reports"
                 rows.append((f"{label}: parse / extract s", f"{secs['parse']:.1f} / {secs['extract']:.1f}"))
-                rows.append((f"{label}: reports/s ({workers} workers) | per core | µs per report",
-                             f"{secs['parse_rows'] / total:,.0f} | {secs['parse_rows'] / total / workers:,.0f} | "
-                             f"{total / secs['parse_rows'] * 1e6:,.0f}"))
+                rows.append(
+                    (
+                        f"{label}: reports/s ({workers} workers) | per core | µs per report",
+                        f"{secs['parse_rows'] / total:,.0f} | {secs['parse_rows'] / total / workers:,.0f} | "
+                        f"{total / secs['parse_rows'] * 1e6:,.0f}",
+                    )
+                )
             demo_rss = worker_peak_rss(client)
             rows.append(("worker peak RSS after the demo runs (max)", mib(max(demo_rss.values()))))
 
-            openi = ["dataset=table", f"dataset.path={data / 'openi' / 'reports.csv'}", "dataset.id_column=uid",
-                     "dataset.text_columns=[indication,comparison,findings,impression]",
-                     "stages.parse.labeled=findings_and_impression", "stages.ingest.part_size=700"]
+            openi = [
+                "dataset=table",
+                f"dataset.path={data / 'openi' / 'reports.csv'}",
+                "dataset.id_column=uid",
+                "dataset.text_columns=[indication,comparison,findings,impression]",
+                "stages.parse.labeled=findings_and_impression",
+                "stages.ingest.part_size=700",
+            ]
             for memo in ("on", "off"):
                 out = work / f"openi-memo-{memo}"
                 extra = [] if memo == "on" else ["stages.extract.cache_size=0"]
@@ -110,8 +121,12 @@ def main(argv: list[str]) -> None:
                 client.run(lambda: load_engine() and None)
                 secs = text_stages(Runner(str(out), client), openi + extra)
                 total = secs["parse"] + secs["extract"]
-                rows.append((f"Open-i 2,793 reports, memo {memo}: reports/s | per core",
-                             f"{secs['parse_rows'] / total:,.0f} | {secs['parse_rows'] / total / workers:,.0f}"))
+                rows.append(
+                    (
+                        f"Open-i 2,793 reports, memo {memo}: reports/s | per core",
+                        f"{secs['parse_rows'] / total:,.0f} | {secs['parse_rows'] / total / workers:,.0f}",
+                    )
+                )
             rows.append(("worker peak RSS overall (max)", mib(max(worker_peak_rss(client).values()))))
 
         sample = int(args.get("naive_sample", 3000))
@@ -120,8 +135,12 @@ def main(argv: list[str]) -> None:
         start = time.perf_counter()
         naive_labels(nlp, texts)
         naive_rate = len(texts) / (time.perf_counter() - start)
-        rows.append((f"naive design-card pipeline, {len(texts):,} demo reports, 1 process: reports/s",
-                     f"{naive_rate:,.0f}"))
+        rows.append(
+            (
+                f"naive design-card pipeline, {len(texts):,} demo reports, 1 process: reports/s",
+                f"{naive_rate:,.0f}",
+            )
+        )
         rows.append(("CheXpert labeler (published): reports/s per core", "~2.6"))
         print_figures("text engine throughput", rows)
     finally:

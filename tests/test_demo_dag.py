@@ -33,16 +33,26 @@ def test_injected_bad_rows_land_in_rejects(demo_run: Path):
     assert injected
     rejects = read_dataset(str(demo_run), "rejects").to_pylist()
     codes = {r["reason_code"] for r in rejects}
-    for code in ("empty_text", "missing_file", "bad_encoding", "garbled_text", "too_long", "duplicate_id",
-                 "corrupt_dicom"):
+    for code in (
+        "empty_text",
+        "missing_file",
+        "bad_encoding",
+        "garbled_text",
+        "too_long",
+        "duplicate_id",
+        "corrupt_dicom",
+    ):
         assert code in codes, code
 
 
 def test_one_labels_row_per_parsed_report(demo_run: Path):
     reports = read_dataset(str(demo_run), "reports")
     labels = read_dataset(str(demo_run), "labels")
-    rejected = {r["row_id"] for r in read_dataset(str(demo_run), "rejects").to_pylist()
-                if r["stage"] in ("parse", "extract")}
+    rejected = {
+        r["row_id"]
+        for r in read_dataset(str(demo_run), "rejects").to_pylist()
+        if r["stage"] in ("parse", "extract")
+    }
     assert set(labels["report_id"].to_pylist()) == set(reports["report_id"].to_pylist()) - rejected
 
 
@@ -68,11 +78,18 @@ def test_inspect_notebook_executes(demo_run: Path, tmp_path):
     notebook = jupytext.read(REPO / "notebooks" / "inspect_run.py")
     os.environ["CLIP2CLINIC_RUN"] = str(demo_run)
     try:
-        NotebookClient(notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}).execute()
+        NotebookClient(
+            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        ).execute()
     finally:
         os.environ.pop("CLIP2CLINIC_RUN")
-    errors = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])
-              if o.get("output_type") == "error"]
+    errors = [
+        o
+        for cell in notebook.cells
+        if cell.cell_type == "code"
+        for o in cell.get("outputs", [])
+        if o.get("output_type") == "error"
+    ]
     assert not errors
 
 
@@ -90,8 +107,16 @@ def test_demo_labels_and_findings_golden(demo_run: Path, golden):
 
     observations = list(chexpert_observations())
     labels = read_dataset(str(demo_run), "labels").sort_by("report_id").to_pylist()
-    golden("demo_labels", [["report_id", *observations]] +
-           [[r["report_id"], *(_label_value(r[o]) for o in observations)] for r in labels])
-    findings = read_dataset(str(demo_run), "findings").sort_by([("report_id", "ascending"), ("finding", "ascending")])
-    golden("demo_findings", [["report_id", "finding", "status", "n_mentions"]] +
-           [[r["report_id"], r["finding"], r["status"], str(r["n_mentions"])] for r in findings.to_pylist()])
+    golden(
+        "demo_labels",
+        [["report_id", *observations]]
+        + [[r["report_id"], *(_label_value(r[o]) for o in observations)] for r in labels],
+    )
+    findings = read_dataset(str(demo_run), "findings").sort_by(
+        [("report_id", "ascending"), ("finding", "ascending")]
+    )
+    golden(
+        "demo_findings",
+        [["report_id", "finding", "status", "n_mentions"]]
+        + [[r["report_id"], r["finding"], r["status"], str(r["n_mentions"])] for r in findings.to_pylist()],
+    )

@@ -67,7 +67,11 @@ def sample_graph() -> tuple[list[dict], list[dict]]:
             TEXT,
             "effusion",
             "pleural_effusion",
-            words=(("anatomy", "pleura", "pleural"), ("laterality", "left", "left"), ("size", "small", "Small")),
+            words=(
+                ("anatomy", "pleura", "pleural"),
+                ("laterality", "left", "left"),
+                ("size", "small", "Small"),
+            ),
             anatomy="pleura",
             laterality="left",
             size="small",

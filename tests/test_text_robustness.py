@@ -39,12 +39,21 @@ def test_odd_reports_never_crash_and_are_accounted_for(tmp_path, dask_client):
         writer = csv.writer(fh)
         writer.writerow(["id", "report"])
         writer.writerows(reports.items())
-    cfg = compose_run([
-        "dataset=table", f"dataset.path={path}", "dataset.id_column=id", "dataset.text_column=report",
-        "stages.ingest.max_chars=2000000", f"out={tmp_path / 'run'}", "stages.ingest.part_size=4",
-    ])
+    cfg = compose_run(
+        [
+            "dataset=table",
+            f"dataset.path={path}",
+            "dataset.id_column=id",
+            "dataset.text_column=report",
+            "stages.ingest.max_chars=2000000",
+            f"out={tmp_path / 'run'}",
+            "stages.ingest.part_size=4",
+        ]
+    )
     dag = build_dag("labels", ["ingest", "parse", "extract"])
-    stage_reports = Runner(cfg.out, dask_client).run_dag(dag, {s.name: cfg.stage_config(s.name) for s in dag.stages})
+    stage_reports = Runner(cfg.out, dask_client).run_dag(
+        dag, {s.name: cfg.stage_config(s.name) for s in dag.stages}
+    )
     for rep in stage_reports:
         assert rep.rows_in == rep.rows_out + rep.rejected, rep
     rejects = {r["row_id"]: r["reason_code"] for r in read_dataset(cfg.out, "rejects").to_pylist()}

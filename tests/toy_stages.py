@@ -113,15 +113,25 @@ def toy_lossy(tables: Mapping[str, pa.Table], *, config: ToySplitConfig) -> dict
 
 
 @map_stage(
-    "toy_join", version=1, inputs=("reports",), outputs=("findings",), config=ToySplitConfig,
+    "toy_join",
+    version=1,
+    inputs=("reports",),
+    outputs=("findings",),
+    config=ToySplitConfig,
     optional_inputs=("sections",),
 )
 def toy_join(tables: Mapping[str, pa.Table], *, config: ToySplitConfig) -> dict[str, pa.Table]:
     """One `findings` row per report: present when the optional `sections` has the report."""
     ids = tables["reports"]["report_id"].to_pylist()
     with_section = set(tables["sections"]["report_id"].to_pylist()) if "sections" in tables else set()
-    return {"findings": pa.table({
-        "report_id": ids, "finding": ["has_section"] * len(ids), "observation": pa.nulls(len(ids), pa.string()),
-        "status": ["present" if rid in with_section else "absent" for rid in ids],
-        "n_mentions": pa.array([1] * len(ids), pa.int32()),
-    })}
+    return {
+        "findings": pa.table(
+            {
+                "report_id": ids,
+                "finding": ["has_section"] * len(ids),
+                "observation": pa.nulls(len(ids), pa.string()),
+                "status": ["present" if rid in with_section else "absent" for rid in ids],
+                "n_mentions": pa.array([1] * len(ids), pa.int32()),
+            }
+        )
+    }

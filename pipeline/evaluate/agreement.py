@@ -70,7 +70,9 @@ def summary(table: pa.Table) -> list[dict[str, object]]:
     """
     rows: dict[tuple[str, str], Counter[tuple[str, str]]] = {}
     for rec in table.to_pylist():
-        rows.setdefault((rec["labeler"], rec["observation"]), Counter())[(rec["ours"], rec["theirs"])] += rec["count"]
+        rows.setdefault((rec["labeler"], rec["observation"]), Counter())[(rec["ours"], rec["theirs"])] += rec[
+            "count"
+        ]
     out = []
     for (labeler, obs), cm in sorted(rows.items()):
         n = sum(cm.values())
@@ -79,6 +81,13 @@ def summary(table: pa.Table) -> list[dict[str, object]]:
         fp = sum(v for (a, b), v in cm.items() if a == "1" and b != "1")
         fn = sum(v for (a, b), v in cm.items() if a != "1" and b == "1")
         f1 = 2 * tp / (2 * tp + fp + fn) if tp + fp + fn else float("nan")
-        out.append({"labeler": labeler, "observation": obs, "n": n, "agreement": agree / n if n else float("nan"),
-                    "f1_positive": f1})
+        out.append(
+            {
+                "labeler": labeler,
+                "observation": obs,
+                "n": n,
+                "agreement": agree / n if n else float("nan"),
+                "f1_positive": f1,
+            }
+        )
     return out

@@ -26,7 +26,10 @@ def _part_confusion(out: str, index: int) -> tuple[Counter, int, int]:
 
 
 @corpus_stage(
-    "agreement", version=1, inputs=("labels", "official_labels"), outputs=("label_agreement",),
+    "agreement",
+    version=1,
+    inputs=("labels", "official_labels"),
+    outputs=("label_agreement",),
     config=AgreementConfig,
 )
 def agreement(ctx: CorpusContext, *, config: AgreementConfig) -> Any:
@@ -39,7 +42,17 @@ def agreement(ctx: CorpusContext, *, config: AgreementConfig) -> Any:
         total.update(counts)
         n_labels += n
     # Every labels row is read and counted toward the comparison when an official row exists.
-    ctx.commit(0, ctx.client.submit(
-        commit_corpus_part, ctx.out, "agreement", 0, {"label_agreement": to_table(total)}, ctx.fingerprint,
-        n_labels, n_labels, pure=False,
-    ).result())
+    ctx.commit(
+        0,
+        ctx.client.submit(
+            commit_corpus_part,
+            ctx.out,
+            "agreement",
+            0,
+            {"label_agreement": to_table(total)},
+            ctx.fingerprint,
+            n_labels,
+            n_labels,
+            pure=False,
+        ).result(),
+    )

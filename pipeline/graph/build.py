@@ -184,10 +184,7 @@ def graphs_from_mentions(
     ):
         if rid in per_report:
             sents.setdefault(rid, {})[idx] = (start, text)
-    return {
-        rid: report_graph(rid, rows, sents.get(rid, {}))
-        for rid, rows in sorted(per_report.items())
-    }
+    return {rid: report_graph(rid, rows, sents.get(rid, {})) for rid, rows in sorted(per_report.items())}
 
 
 def sentence_of(starts: Sequence[int], ends: Sequence[int], idxs: Sequence[int], pos: int) -> int | None:

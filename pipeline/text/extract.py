@@ -127,8 +127,17 @@ def _labeled_flags(sentences: pa.Table, sections: pa.Table | None, config: Extra
 
 # Mention columns copied as they are from the engine's hits (offsets are made report-relative).
 _HIT_FIELDS = (
-    "text", "finding", "observation", "status", "cue", "rule",
-    "anatomy", "laterality", "severity", "size", "temporal",
+    "text",
+    "finding",
+    "observation",
+    "status",
+    "cue",
+    "rule",
+    "anatomy",
+    "laterality",
+    "severity",
+    "size",
+    "temporal",
 )
 
 
@@ -162,8 +171,16 @@ def extract(tables: Mapping[str, pa.Table], *, config: ExtractConfig) -> dict[st
     cols: dict[str, list] = {
         name: []
         for name in (
-            "report_id", "section", "sentence_idx", "start", "end", *_HIT_FIELDS,
-            "cue_start", "cue_end", "modifiers", "in_labeled_section",
+            "report_id",
+            "section",
+            "sentence_idx",
+            "start",
+            "end",
+            *_HIT_FIELDS,
+            "cue_start",
+            "cue_end",
+            "modifiers",
+            "in_labeled_section",
         )
     }
     for i, sentence_hits in zip(rows, hits, strict=True):

@@ -342,7 +342,12 @@ class TextEngine:
         cue_start, cue_end = span(hit.cue_start, hit.cue_end) if hit.cue_start is not None else (None, None)
         modifiers = tuple((k, v, *span(a, b)) for k, v, a, b in hit.modifiers)
         return hit._replace(
-            start=start, end=end, text=text[start:end], cue_start=cue_start, cue_end=cue_end, modifiers=modifiers
+            start=start,
+            end=end,
+            text=text[start:end],
+            cue_start=cue_start,
+            cue_end=cue_end,
+            modifiers=modifiers,
         )
 
     def _remember(self, text: str, hits: tuple[MentionHit, ...]) -> None:
