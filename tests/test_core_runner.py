@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -12,8 +13,8 @@ from toy_stages import ToySourceConfig, ToySplitConfig
 from pipeline.core.dag import build_dag
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import read_dataset
-from pipeline.core.registry import get_stage
-from pipeline.core.runner import Runner
+from pipeline.core.registry import CONTENT, get_stage
+from pipeline.core.runner import Runner, content_digest
 
 DAG = ["toy_source", "toy_split"]
 
@@ -129,3 +130,22 @@ def test_optional_input_is_read_when_present_and_joins_the_fingerprint(tmp_path,
     assert second.status == "ran" and second.fingerprint != first.fingerprint
     assert "present" in set(read_dataset(str(tmp_path), "findings")["status"].to_pylist())
     assert runner.run_stage(get_stage("toy_join"), ToySplitConfig()).status == "skipped"
+
+
+def test_files_named_by_content_fields_join_the_fingerprint(tmp_path):
+    @dataclass(frozen=True)
+    class WithFiles:
+        lexicon_dir: str | None = field(default=None, metadata={CONTENT: True})
+        root: str = ""  # a plain path: never read
+
+    folder = tmp_path / "lexicon"
+    folder.mkdir()
+    (folder / "a.yaml").write_text("one")
+    config = WithFiles(lexicon_dir=str(folder), root=str(tmp_path))
+    first = content_digest(config)
+    assert set(first) == {"lexicon_dir"} and content_digest(config) == first
+    (folder / "a.yaml").write_text("two")
+    assert content_digest(config) != first
+    assert content_digest(WithFiles()) == {}
+    missing = content_digest(WithFiles(lexicon_dir=str(tmp_path / "nope.json")))
+    assert set(missing) == {"lexicon_dir"}

@@ -41,6 +41,10 @@ STAGE_MODULES: tuple[str, ...] = (
 
 Tables = Mapping[str, pa.Table]
 
+# Config field metadata key: the field names a local file or folder whose bytes join the stage's
+# fingerprint (``field(default=None, metadata={CONTENT: True})``).
+CONTENT = "content"
+
 
 @dataclass(frozen=True)
 class PlanContext:

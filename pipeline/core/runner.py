@@ -29,7 +29,7 @@ from distributed import Client, LocalCluster, as_completed
 from pipeline.core.dag import Dag
 from pipeline.core.errors import REJECT_REASONS, PipelineError
 from pipeline.core.io import REJECTS, Store, package_versions, stable_hash
-from pipeline.core.registry import PartResult, PlanContext, Stage, get_stage
+from pipeline.core.registry import CONTENT, PartResult, PlanContext, Stage, get_stage
 from pipeline.core.schemas import empty, load_schema
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,30 @@ def code_version(stage: Stage) -> str:
 
 def _config_dict(config: Any) -> dict[str, Any]:
     return asdict(config) if is_dataclass(config) else dict(config)
+
+
+def content_digest(config: Any) -> dict[str, str]:
+    """Digests of the local files (or folders) named by config fields marked ``metadata={"content": True}``.
+
+    A lexicon folder or a RadGraph file edited in place must rerun its stage even though the
+    path in the config did not change. Other paths (dump roots) are not read: sources
+    fingerprint their own listing.
+    """
+    if not is_dataclass(config):
+        return {}
+    out = {}
+    for f in fields(config):
+        value = getattr(config, f.name)
+        if not f.metadata.get(CONTENT) or not value:
+            continue
+        path = Path(str(value))
+        paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        digest = hashlib.sha256()
+        for p in paths:
+            digest.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
+            digest.update(p.read_bytes() if p.exists() else b"<missing>")
+        out[f.name] = digest.hexdigest()[:16]
+    return out
 
 
 # -- worker-side tasks ---------------------------------------------------------------------------
@@ -315,6 +339,7 @@ class Runner:
             {
                 "stage": stage.id,
                 "config": _config_dict(config),
+                "files": content_digest(config),
                 "upstream": self.upstream_fingerprints(stage),
                 "code": code_version(stage),
                 "extra": extra,

@@ -17,7 +17,7 @@ import logging
 import uuid
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from distributed import as_completed
 
 from pipeline.core.errors import reject_table
 from pipeline.core.io import Store
-from pipeline.core.registry import corpus_stage, map_stage
+from pipeline.core.registry import CONTENT, corpus_stage, map_stage
 from pipeline.core.runner import CorpusContext, commit_corpus_part
 from pipeline.core.schemas import conform, empty
 from pipeline.graph.build import LABEL_STATUS, graphs_from_mentions, rows_table
@@ -42,7 +42,8 @@ class GraphConfig:
     """How report graphs are made."""
 
     labeled_only: bool = True  # only mentions of the labeled sections (not indication, history)
-    radgraph_json: str | None = None  # a RadGraph JSON file to read instead of deriving graphs
+    # a RadGraph JSON file to read instead of deriving graphs (its bytes join the fingerprint)
+    radgraph_json: str | None = field(default=None, metadata={CONTENT: True})
 
 
 @functools.lru_cache(maxsize=2)

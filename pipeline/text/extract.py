@@ -17,11 +17,12 @@ from __future__ import annotations
 import bisect
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from pipeline.core.errors import PipelineError, reject_table
+from pipeline.core.registry import CONTENT
 from pipeline.core.schemas import conform
 from pipeline.text.labels import findings_table, label_table, typed_table
 from pipeline.text.lexicon import load_lexicon
@@ -59,7 +60,7 @@ class ExtractConfig:
     labeled_sections: tuple[str, ...] = ()
     excluded_sections: tuple[str, ...] = INDICATION_SECTIONS
     no_finding_without_mentions: bool = False
-    lexicon_dir: str | None = None
+    lexicon_dir: str | None = field(default=None, metadata={CONTENT: True})
     cache_size: int = 100_000
     batch_size: int = 256
 
