@@ -88,7 +88,13 @@ def main(argv: list[str]) -> None:
             generate_demo_dump(dump, n_reports=n, seed=0, dicom_fraction=0.0)
         rows.append(("demo dump generated", f"{gen['seconds']:.0f} s"))
         cfg = compose_run(
-            ["dataset=mimic_cxr", f"dataset.root={dump}", f"out={out}", f"cluster.n_workers={workers}"]
+            [
+                "dataset=mimic_cxr",
+                "profile=full",  # parts of 2,000 reports, as at MIMIC scale
+                f"dataset.root={dump}",
+                f"out={out}",
+                f"cluster.n_workers={workers}",
+            ]
         )
         with dask_client(cfg.cluster) as client:
             runner = Runner(cfg.out, client)

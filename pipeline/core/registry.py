@@ -37,6 +37,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "pipeline.evaluate.stage",
     "pipeline.graph.stage",
     "pipeline.similarity.stage",
+    "pipeline.hardneg.stage",
 )
 
 Tables = Mapping[str, pa.Table]
@@ -78,7 +79,8 @@ class Stage:
     plan: Callable[..., list[Any]] | None = None
     read: Callable[..., PartResult] | None = None
     key: str = "report_id"
-    primary_output: str | None = None
+    # the output(s) whose ``key`` values, with the rejects, must cover the primary input's
+    primary_output: str | tuple[str, ...] | None = None
     optional_outputs: tuple[str, ...] = ()
     description: str = ""
     # Read when present (their fingerprints then join this stage's); a DAG that also produces
@@ -120,7 +122,7 @@ def map_stage(
     inputs: tuple[str, ...],
     outputs: tuple[str, ...],
     config: type,
-    primary_output: str | None = None,
+    primary_output: str | tuple[str, ...] | None = None,
     key: str = "report_id",
     optional_outputs: tuple[str, ...] = (),
     optional_inputs: tuple[str, ...] = (),
@@ -128,7 +130,8 @@ def map_stage(
     """Register a partition-wise stage.
 
     ``inputs[0]`` is the primary input: each of its rows must end up either in
-    ``primary_output`` (by ``key``, default the first output) or in ``rejects``.
+    ``primary_output`` (by ``key``, default the first output; a tuple of outputs when rows of
+    different kinds go to different datasets) or in ``rejects``.
     ``optional_outputs`` may be absent from the function's result on some runs (the runner writes
     them empty). ``optional_inputs`` are passed in ``tables`` only when complete in the run.
     """

@@ -270,12 +270,12 @@ def run_map_part(
     tables = stage.fn(inputs, config=config)
     primary_in = inputs[stage.inputs[0]]
     keys_in = set(primary_in[stage.key].to_pylist()) if primary_in.num_rows else set()
-    primary_out = tables.get(stage.primary_output or stage.outputs[0])
-    keys_out = (
-        set(pc.unique(primary_out[stage.key]).to_pylist())
-        if primary_out is not None and primary_out.num_rows
-        else set()
-    )
+    primary = stage.primary_output or stage.outputs[0]
+    keys_out: set = set()
+    for dataset in (primary,) if isinstance(primary, str) else primary:
+        table = tables.get(dataset)
+        if table is not None and table.num_rows:
+            keys_out.update(pc.unique(table[stage.key]).to_pylist())
     rejects = tables.get(REJECTS)
     keys_rejected = set(rejects["row_id"].to_pylist()) if rejects is not None and rejects.num_rows else set()
     if keys_out | keys_rejected != keys_in or keys_out & keys_rejected:

@@ -1,0 +1,277 @@
+"""The hardneg stages: ``hardneg_rewrite`` proposes, the text package's ``reread`` reads back,
+``hardneg`` keeps what reads back as intended.
+
+The self-consistency gate needs the text engine, and stage packages meet only through datasets,
+so the gate is a dataset round trip: ``hardneg_candidates`` (every proposed text with the
+statuses it must read as) -> ``reread`` (text engine) -> ``hardneg_readings`` -> ``hardneg``.
+A candidate whose reading differs goes to ``rejects`` (``flip_failed``, the first difference in
+``detail``); nothing unchecked ships.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+
+from pipeline.core.errors import reject_table
+from pipeline.core.registry import map_stage
+from pipeline.core.schemas import conform, load_schema
+from pipeline.hardneg.rewrite import flips, load_rules
+from pipeline.hardneg.variants import LOCATIONS, clean, denial, draw, place
+
+
+@dataclass(frozen=True)
+class HardnegConfig:
+    """Hard negatives and report variants (shared by hardneg_rewrite and hardneg).
+
+    seed: draws the denial template and its place per report and finding.
+    labeled_only: work on the sentences of the labeled sections (findings, impression), not
+        indication or history.
+    benchmark_splits: reports of these splits get the benchmark templates and go to cxr_align;
+        the others get the train templates.
+    flips / variants: switch the sentence flips or the report variants off.
+    """
+
+    seed: int = 0
+    labeled_only: bool = True
+    benchmark_splits: tuple[str, ...] = ("test",)
+    flips: bool = True
+    variants: bool = True
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    """The gate has no knobs: a candidate ships only when every text reads exactly as expected."""
+
+
+def reading(findings: Any) -> str:
+    """The canonical reading of one text: sorted "finding=status" items joined by ";"."""
+    return ";".join(sorted({f"{f}={s}" for f, s in findings}))
+
+
+def _table(rows: list[dict[str, Any]], dataset: str) -> pa.Table:
+    schema = load_schema(dataset).arrow()
+    return conform(
+        pa.Table.from_arrays(
+            [pa.array([r.get(f.name) for r in rows], type=f.type) for f in schema], schema=schema
+        ),
+        dataset,
+    )
+
+
+def _labeled(tables: Mapping[str, pa.Table], config: HardnegConfig) -> set[tuple[str, int]] | None:
+    if not config.labeled_only:
+        return None
+    s = tables["sections"].select(["report_id", "section_idx", "is_labeled"]).to_pydict()
+    return {
+        (rid, idx)
+        for rid, idx, lab in zip(s["report_id"], s["section_idx"], s["is_labeled"], strict=True)
+        if lab
+    }
+
+
+@map_stage(
+    "hardneg_rewrite",
+    version=1,
+    inputs=("reports", "sentences", "mentions", "sections"),
+    outputs=("hardneg_candidates",),
+    config=HardnegConfig,
+)
+def hardneg_rewrite(tables: Mapping[str, pa.Table], *, config: HardnegConfig) -> dict[str, pa.Table]:
+    """Sentence flips and negated reports of one partition, each with the reading it must give."""
+    rules = load_rules()
+    reports = tables["reports"].select(["report_id", "subject_id", "study_id", "split"]).to_pylist()
+    labeled = _labeled(tables, config)
+    sentences: dict[str, list[dict[str, Any]]] = {}
+    for s in (
+        tables["sentences"].select(["report_id", "sentence_idx", "section_idx", "start", "text"]).to_pylist()
+    ):
+        if labeled is None or (s["report_id"], s["section_idx"]) in labeled:
+            sentences.setdefault(s["report_id"], []).append(s)
+    mentions: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    for m in tables["mentions"].to_pylist():
+        mentions.setdefault((m["report_id"], m["sentence_idx"]), []).append(m)
+
+    rows: list[dict[str, Any]] = []
+    rejected = []
+    for rep in reports:
+        rid = rep["report_id"]
+        sents = sorted(sentences.get(rid, []), key=lambda s: s["sentence_idx"])
+        ids = {
+            "report_id": rid,
+            "subject_id": rep["subject_id"],
+            "study_id": rep["study_id"],
+            "split": rep["split"],
+        }
+        before = len(rows)
+        if config.flips:
+            for s in sents:
+                ms = mentions.get((rid, s["sentence_idx"]), [])
+                if not ms:
+                    continue
+                statuses = [(m["finding"], m["status"]) for m in ms]
+                for f in flips(s["text"], ms, base=s["start"]):
+                    expected = [(g, st) for g, st in statuses if g != f.finding] + [
+                        (f.finding, f.flipped_status)
+                    ]
+                    rows.append(
+                        {
+                            **ids,
+                            "candidate_id": f"{rid}|s{s['sentence_idx']}|{f.finding}|{f.flipped_status}|{f.method}",
+                            "kind": "flip",
+                            "finding": f.finding,
+                            "method": f.method,
+                            "sentence_idx": s["sentence_idx"],
+                            "original": s["text"],
+                            "flipped": f.text or None,
+                            "original_status": f.original_status,
+                            "flipped_status": f.flipped_status,
+                            "texts": [f.text] if f.text else [],
+                            "expected": [reading(expected)] if f.text else [],
+                        }
+                    )
+        if config.variants:
+            rows.extend(_variants(ids, sents, mentions, rules.denials, config))
+        if len(rows) == before:
+            rejected.append((rid, "no_findings", "no sentence of the labeled sections mentions a finding"))
+    return {
+        "hardneg_candidates": _table(rows, "hardneg_candidates"),
+        "rejects": conform(reject_table("hardneg_rewrite", "hardneg_candidates", rejected), "rejects"),
+    }
+
+
+def _variants(
+    ids: dict[str, Any],
+    sents: list[dict[str, Any]],
+    mentions: Mapping[tuple[str, int], list[dict[str, Any]]],
+    denials: Mapping[str, tuple[str, ...]],
+    config: HardnegConfig,
+) -> list[dict[str, Any]]:
+    """One denial candidate per finding present in the report (the omitted + negated report)."""
+    rid = ids["report_id"]
+    kept: list[tuple[str, set[str], str]] = []  # (cleaned text, findings mentioned, expected reading)
+    present: dict[str, str] = {}  # finding -> its phrase, first present mention
+    for s in sents:
+        ms = mentions.get((rid, s["sentence_idx"]), [])
+        for m in ms:
+            # a statement ("normal chest radiograph") has no denial the engine reads
+            if (
+                m["status"] == "present"
+                and m["finding"] not in present
+                and not m["rule"].startswith("statement.")
+            ):
+                # "the heart is enlarged": the mention is the structure; deny the finding by name
+                anchored = m["rule"].startswith("qual.")
+                present[m["finding"]] = m["finding"].replace("_", " ") if anchored else m["text"]
+        text = clean(s["text"], bool(ms))
+        if text is not None:
+            kept.append((text, {m["finding"] for m in ms}, reading((m["finding"], m["status"]) for m in ms)))
+    if not present:
+        return []
+    template_set = "benchmark" if ids["split"] in config.benchmark_splits else "train"
+    templates = denials[template_set]
+    report = " ".join(t for t, _, _ in kept)
+    out = []
+    for finding, phrase in sorted(present.items()):
+        rest = [(t, e) for t, found, e in kept if finding not in found]
+        if not rest:
+            continue  # nothing left once the finding is omitted
+        k = draw(config.seed, rid, finding, "template", n=len(templates))
+        location = LOCATIONS[draw(config.seed, rid, finding, "location", n=len(LOCATIONS))]
+        sentence = denial(phrase, templates[k])
+        texts = place([t for t, _ in rest], sentence, location)
+        expected = place([e for _, e in rest], reading([(finding, "absent")]), location)
+        out.append(
+            {
+                **ids,
+                "candidate_id": f"{rid}|denial|{finding}",
+                "kind": "denial",
+                "finding": finding,
+                "method": f"{template_set}.{k}",
+                "flipped": sentence,
+                "original_status": "present",
+                "flipped_status": "absent",
+                "texts": texts,
+                "expected": expected,
+                "chosen": phrase,
+                "report": report,
+                "omitted": " ".join(t for t, _ in rest),
+                "negation": " ".join(texts),
+                "location": location,
+                "template_set": template_set,
+            }
+        )
+    return out
+
+
+def _difference(expected: list[str], observed: list[str]) -> str | None:
+    if len(expected) != len(observed):
+        return f"{len(observed)} readings for {len(expected)} texts"
+    for i, (e, o) in enumerate(zip(expected, observed, strict=True)):
+        if e != o:
+            return f"text {i}: read {o or '(nothing)'!r}, expected {e or '(nothing)'!r}"
+    return None
+
+
+@map_stage(
+    "hardneg",
+    version=1,
+    inputs=("hardneg_candidates", "hardneg_readings"),
+    outputs=("negation_pairs", "negated_reports", "cxr_align"),
+    config=GateConfig,
+    key="candidate_id",
+    primary_output=("negation_pairs", "negated_reports"),
+)
+def hardneg(tables: Mapping[str, pa.Table], *, config: GateConfig) -> dict[str, pa.Table]:
+    """The candidates that read back as intended: sentence pairs, negated reports, CXR-Align rows."""
+    observed = dict(
+        zip(
+            tables["hardneg_readings"].column("candidate_id").to_pylist(),
+            tables["hardneg_readings"].column("observed").to_pylist(),
+            strict=True,
+        )
+    )
+    pairs, negated, align, rejected = [], [], [], []
+    for c in tables["hardneg_candidates"].to_pylist():
+        cid = c["candidate_id"]
+        dataset = "negation_pairs" if c["kind"] == "flip" else "negated_reports"
+        if not c["texts"]:
+            rejected.append(
+                (
+                    cid,
+                    dataset,
+                    "flip_failed",
+                    f"no rewrite family applies to {c['finding']} ({c['original_status']})",
+                )
+            )
+            continue
+        if cid not in observed:
+            rejected.append((cid, dataset, "flip_failed", "no reading: rerun the reread stage"))
+            continue
+        why = _difference(c["expected"], observed[cid])
+        if why is not None:
+            rejected.append((cid, dataset, "flip_failed", why))
+        elif c["kind"] == "flip":
+            pairs.append(c)
+        else:
+            negated.append({**c, "denial": c["flipped"], "template": c["method"]})
+            if c["template_set"] == "benchmark":
+                align.append(c)
+    rejects = pa.table(
+        {
+            "stage": ["hardneg"] * len(rejected),
+            "dataset": [r[1] for r in rejected],
+            "row_id": [r[0] for r in rejected],
+            "reason_code": [r[2] for r in rejected],
+            "detail": [r[3][:500] for r in rejected],
+        }
+    )
+    return {
+        "negation_pairs": _table(pairs, "negation_pairs"),
+        "negated_reports": _table(negated, "negated_reports"),
+        "cxr_align": _table(align, "cxr_align"),
+        "rejects": conform(rejects, "rejects"),
+    }

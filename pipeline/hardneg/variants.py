@@ -1,0 +1,62 @@
+"""Report variants after CXR-Align (pure): comparisons removed, omitted and negated reports.
+
+* ``clean``: a sentence with no finding that only compares with a prior study is dropped
+  ("Comparison is made to the prior study."); temporal phrases are stripped from the others
+  ("unchanged", "new", "again", "since the prior study"), the finding kept ("The effusion is
+  unchanged." -> "The effusion is present."). A strip that leaves no sentence keeps the original.
+* ``omitted``: the cleaned report without the sentences that mention the finding.
+* ``negated``: the omitted report plus one denial sentence from a template ("No {finding} is
+  seen."), placed first, in the middle or last. Template and place are drawn from a hash of the
+  seed, the report and the finding, so a run is deterministic and needs no random state.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+
+from pipeline.hardneg.rewrite import _plural, load_rules, tidy
+
+LOCATIONS = ("first", "middle", "last")
+
+
+def draw(seed: int, *parts: str, n: int) -> int:
+    """A deterministic choice in range(n) from the seed and ``parts``."""
+    digest = hashlib.blake2b(f"{seed}|{'|'.join(parts)}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") % n
+
+
+def clean(text: str, has_finding: bool) -> str | None:
+    """The sentence with comparisons stripped; None when it only compares and is dropped."""
+    rules = load_rules()
+    if not has_finding and any(p.search(text) for p in rules.only_compares):
+        return None
+    out = text
+    for pattern, repl in rules.strip:
+        out = pattern.sub(repl, out)
+    out = tidy(out.strip())
+    if len(out.rstrip(".").split()) < 1 or out in {".", ""}:
+        return text
+    if out[-1] not in ".!?;:":
+        out += "."
+    return out
+
+
+def denial(finding_phrase: str, template: str) -> str:
+    """One denial sentence: ``template`` with {finding}, {Finding} and {is} filled."""
+    phrase = finding_phrase.strip()
+    be = "are" if _plural(phrase) else "is"
+    lower = phrase if len(phrase) > 1 and phrase[1].isupper() else phrase[:1].lower() + phrase[1:]
+    return tidy(
+        template.replace("{Finding}", phrase[:1].upper() + phrase[1:])
+        .replace("{finding}", lower)
+        .replace("{is}", be)
+    )
+
+
+def place(sentences: Sequence[str], sentence: str, location: str) -> list[str]:
+    """``sentences`` with ``sentence`` inserted first, in the middle, or last."""
+    out = list(sentences)
+    at = {"first": 0, "middle": len(out) // 2, "last": len(out)}[location]
+    out.insert(at, sentence)
+    return out

@@ -1,0 +1,50 @@
+"""The ``reread`` stage: the text engine reads back rewritten texts (hardneg's gate).
+
+Pure over one partition of ``hardneg_candidates``: each candidate's ``texts`` are read as
+sentences by the same engine as ``extract`` (same lexicon, same memo), and the statuses found are
+written as ``hardneg_readings.observed``, one canonical string per text (sorted
+"finding=status" items joined by ";"), comparable with the candidate's ``expected``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+
+from pipeline.core.registry import CONTENT
+from pipeline.core.schemas import conform, load_schema
+from pipeline.text.lexicon import load_lexicon
+from pipeline.text.nlp import load_engine
+
+
+@dataclass(frozen=True)
+class RereadConfig:
+    """lexicon_dir: the lexicon folder extract used (None: the bundled one); set both alike."""
+
+    lexicon_dir: str | None = field(default=None, metadata={CONTENT: True})
+    cache_size: int = 100_000
+    batch_size: int = 256
+
+
+def reread(tables: Mapping[str, pa.Table], *, config: RereadConfig) -> dict[str, pa.Table]:
+    """Readings of every candidate's texts."""
+    engine = load_engine(load_lexicon(config.lexicon_dir).source, config.cache_size)
+    candidates = tables["hardneg_candidates"].select(["candidate_id", "report_id", "texts"]).to_pydict()
+    flat = [t for texts in candidates["texts"] for t in texts]
+    hits = iter(engine.analyse(flat, batch_size=config.batch_size))
+    observed = [
+        [";".join(sorted({f"{h.finding}={h.status}" for h in next(hits)})) for _ in texts]
+        for texts in candidates["texts"]
+    ]
+    schema = load_schema("hardneg_readings").arrow()
+    table = pa.table(
+        {
+            "candidate_id": candidates["candidate_id"],
+            "report_id": candidates["report_id"],
+            "observed": observed,
+        },
+        schema=schema,
+    )
+    return {"hardneg_readings": conform(table, "hardneg_readings")}
