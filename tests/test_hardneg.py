@@ -143,7 +143,9 @@ def test_flipping_twice_restores_the_original_status(sentence, data):
     passing = [
         f
         for f in flips(sentence, mentions_of(sentence))
-        if f.text and f.original_status != "uncertain" and gate_ok(sentence, f.text, f.finding, f.flipped_status)
+        if f.text
+        and f.original_status != "uncertain"
+        and gate_ok(sentence, f.text, f.finding, f.flipped_status)
     ]
     f = data.draw(st.sampled_from(passing))
     assert f.text != sentence  # no pair maps a sentence to itself
