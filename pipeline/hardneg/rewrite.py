@@ -423,7 +423,9 @@ def flips(text: str, mentions: Sequence[Mapping[str, Any]], base: int = 0) -> li
                 if direction == "preceding":
                     candidates.append(("list", _flip_list(s, m, to, items)))
             elif m["rule"].startswith(("normal.", "qual.")):
-                candidates.append(("qualifier", _flip_qualifier(s, m, to)))
+                # "heart size and mediastinal contour are normal": one qualifier, two findings
+                alone = not any(o is not m and o.get("cue_start") == m["cue_start"] for o in s.mentions)
+                candidates.append(("qualifier", _flip_qualifier(s, m, to) if alone else None))
             elif m["status"] == "present" and m.get("cue") is None:
                 candidates.extend(_deny(s, m))
             else:
