@@ -6,6 +6,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
+from pathlib import Path
 
 import psutil
 from rich.console import Console
@@ -75,3 +76,30 @@ def print_figures(title: str, rows: list[tuple[str, str]]) -> None:
 
 def mib(n: float) -> str:
     return f"{n / 2**20:,.0f} MiB"
+
+
+def demo_text_run(work: Path, n_reports: int, workers: int) -> tuple[Path, float]:
+    """Generate a demo dump of ``n_reports`` under ``work`` and run ingest, parse, extract on it
+    (profile=full: parts of 2,000 reports, as at MIMIC scale); returns (run folder, generation s)."""
+    from pipeline.core.config import compose_run
+    from pipeline.core.registry import get_stage
+    from pipeline.core.runner import Runner, dask_client
+    from pipeline.demo import generate_demo_dump
+
+    dump, out = work / "dump", work / "demo"
+    with timed() as gen:
+        generate_demo_dump(dump, n_reports=n_reports, seed=0, dicom_fraction=0.0)
+    cfg = compose_run(
+        [
+            "dataset=mimic_cxr",
+            "profile=full",
+            f"dataset.root={dump}",
+            f"out={out}",
+            f"cluster.n_workers={workers}",
+        ]
+    )
+    with dask_client(cfg.cluster) as client:
+        runner = Runner(cfg.out, client)
+        for name in ("ingest", "parse", "extract"):
+            runner.run_stage(get_stage(name), cfg.stage_config(name))
+    return out, gen["seconds"]

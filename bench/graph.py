@@ -22,13 +22,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ["CLIP2CLINIC_STAGE_MODULES"] = "pipeline.graph.stage"  # workers inherit it
 
-from _common import mib, print_figures, timed, worker_peak_rss  # noqa: E402
+from _common import demo_text_run, mib, print_figures, worker_peak_rss  # noqa: E402
 
-from pipeline.core.config import compose_run  # noqa: E402
 from pipeline.core.io import read_dataset  # noqa: E402
 from pipeline.core.registry import get_stage  # noqa: E402
 from pipeline.core.runner import ClusterConfig, Runner, dask_client  # noqa: E402
-from pipeline.demo import generate_demo_dump  # noqa: E402
 from pipeline.graph.stage import GraphConfig, GraphEmbeddingConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -82,24 +80,8 @@ def main(argv: list[str]) -> None:
                 ("graph / graph_embeddings s", f"{secs['graph']:.1f} / {secs['graph_embeddings']:.1f}")
             )
             print_figures("Open-i report graphs", rows)
-        dump, out = work / "dump", work / "demo"
-        rows = []
-        with timed() as gen:
-            generate_demo_dump(dump, n_reports=n, seed=0, dicom_fraction=0.0)
-        rows.append(("demo dump generated", f"{gen['seconds']:.0f} s"))
-        cfg = compose_run(
-            [
-                "dataset=mimic_cxr",
-                "profile=full",  # parts of 2,000 reports, as at MIMIC scale
-                f"dataset.root={dump}",
-                f"out={out}",
-                f"cluster.n_workers={workers}",
-            ]
-        )
-        with dask_client(cfg.cluster) as client:
-            runner = Runner(cfg.out, client)
-            for name in ("ingest", "parse", "extract"):
-                runner.run_stage(get_stage(name), cfg.stage_config(name))
+        out, generated = demo_text_run(work, n, workers)
+        rows = [("demo dump generated", f"{generated:.0f} s")]
         secs, rss = graph_stages(out, workers)
         n_reports = read_dataset(str(out), "reports", ["report_id"]).num_rows
         rows += composition(out)

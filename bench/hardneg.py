@@ -20,13 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import mib, print_figures, timed, worker_peak_rss  # noqa: E402
+from _common import demo_text_run, mib, print_figures, worker_peak_rss  # noqa: E402
 
-from pipeline.core.config import compose_run  # noqa: E402
 from pipeline.core.io import read_dataset  # noqa: E402
 from pipeline.core.registry import get_stage  # noqa: E402
 from pipeline.core.runner import ClusterConfig, Runner, dask_client  # noqa: E402
-from pipeline.demo import generate_demo_dump  # noqa: E402
 from pipeline.hardneg.stage import GateConfig, HardnegConfig  # noqa: E402
 from pipeline.text.reread import RereadConfig  # noqa: E402
 
@@ -95,24 +93,8 @@ def main(argv: list[str]) -> None:
             rows = gate_figures(out)
             rows.append(("hardneg stages s", f"{sum(secs.values()):.1f}"))
             print_figures("Open-i hard negatives", rows)
-        dump, out = work / "dump", work / "demo"
-        rows = []
-        with timed() as gen:
-            generate_demo_dump(dump, n_reports=n, seed=0, dicom_fraction=0.0)
-        rows.append(("demo dump generated", f"{gen['seconds']:.0f} s"))
-        cfg = compose_run(
-            [
-                "dataset=mimic_cxr",
-                "profile=full",  # parts of 2,000 reports, as at MIMIC scale
-                f"dataset.root={dump}",
-                f"out={out}",
-                f"cluster.n_workers={workers}",
-            ]
-        )
-        with dask_client(cfg.cluster) as client:
-            runner = Runner(cfg.out, client)
-            for name in ("ingest", "parse", "extract"):
-                runner.run_stage(get_stage(name), cfg.stage_config(name))
+        out, generated = demo_text_run(work, n, workers)
+        rows = [("demo dump generated", f"{generated:.0f} s")]
         secs, rss = hardneg_stages(out, workers)
         n_reports = read_dataset(str(out), "reports", ["report_id"]).num_rows
         rows += gate_figures(out)

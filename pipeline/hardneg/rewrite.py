@@ -35,7 +35,6 @@ import yaml
 
 from pipeline.core.errors import PipelineError
 
-STATUSES = ("present", "absent", "uncertain")
 # target statuses of a flip, per original status ("uncertain to both")
 FLIPS: dict[str, tuple[str, ...]] = {
     "present": ("absent",),
@@ -197,12 +196,6 @@ class Sentence:
                 }
             )
 
-    def statuses(self) -> dict[str, set[str]]:
-        out: dict[str, set[str]] = {}
-        for m in self.mentions:
-            out.setdefault(m["finding"], set()).add(m["status"])
-        return out
-
     def phrase(self, m: Mapping[str, Any], *, denied: bool) -> tuple[int, str]:
         """(start, text) of the mention's noun phrase: its premodifiers, an article, the mention.
 
@@ -311,7 +304,7 @@ def _flip_cue(s: Sentence, m: Mapping[str, Any], to: str) -> str | None:
     text = s.text
     if repl == "" and to == "present" and direction == "preceding" and not text[:a].strip():
         # "No pneumothorax." -> "There is pneumothorax."
-        start, phrase = s.phrase(m, denied=False)
+        phrase = s.phrase(m, denied=False)[1]
         lead = "There are " if _plural(phrase) else "There is "
         return tidy(lead + _lower_first(text[b:].lstrip()))
     return tidy(_sub(text, a, b, repl))

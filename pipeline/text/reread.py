@@ -15,7 +15,6 @@ import pyarrow as pa
 
 from pipeline.core.registry import CONTENT
 from pipeline.core.schemas import conform, load_schema
-from pipeline.text.lexicon import load_lexicon
 from pipeline.text.nlp import load_engine
 
 
@@ -30,7 +29,7 @@ class RereadConfig:
 
 def reread(tables: Mapping[str, pa.Table], *, config: RereadConfig) -> dict[str, pa.Table]:
     """Readings of every candidate's texts."""
-    engine = load_engine(load_lexicon(config.lexicon_dir).source, config.cache_size)
+    engine = load_engine(config.lexicon_dir, config.cache_size)
     candidates = tables["hardneg_candidates"].select(["candidate_id", "report_id", "texts"]).to_pydict()
     flat = [t for texts in candidates["texts"] for t in texts]
     hits = iter(engine.analyse(flat, batch_size=config.batch_size))
