@@ -20,7 +20,7 @@ from pipeline.core.io import read_dataset
 from pipeline.hardneg.__main__ import export_cxr_align
 from pipeline.hardneg.rewrite import flips, load_rules
 from pipeline.hardneg.stage import HardnegConfig, hardneg_rewrite
-from pipeline.hardneg.variants import LOCATIONS, clean, denial
+from pipeline.hardneg.variants import LOCATIONS, clean, denial, site_phrase
 from pipeline.text.nlp import load_engine
 
 
@@ -97,6 +97,37 @@ def gate_ok(original: str, new: str, finding: str, to: str) -> bool:
         ),
         ("Pneumonia cannot be excluded.", "pneumonia", "absent", "cue", "Pneumonia is not seen."),
         ("Pneumothorax has resolved.", "pneumothorax", "present", "cue", "Pneumothorax has persisted."),
+        # a bare deletion would leave the pneumothorax under the first "no"
+        (
+            "No pleural effusion, no pneumothorax.",
+            "pneumothorax",
+            "present",
+            "cue",
+            "No pleural effusion, but there is pneumothorax.",
+        ),
+        # the modal changes with its cue
+        (
+            "This could suggest emphysematous bullae.",
+            "bullae",
+            "present",
+            "cue",
+            "This is consistent with emphysematous bullae.",
+        ),
+        # each anchor has its own word for present
+        (
+            "The mediastinum is normal.",
+            "enlarged_cardiomediastinum",
+            "present",
+            "qualifier",
+            "The mediastinum is widened.",
+        ),
+        (
+            "Heart size is normal and lungs are clear.",
+            "opacity",
+            "present",
+            "qualifier",
+            "Heart size is normal and lungs are opacified.",
+        ),
     ],
 )
 def test_each_family_rewrites_and_reads_back(sentence, finding, to, method, result):
@@ -119,6 +150,47 @@ def test_uncertain_flips_both_ways_and_what_cannot_flip_says_so():
     # a statement has no negated form the engine would read; it is recorded as method none
     none = flips("Normal chest radiograph.", mentions_of("Normal chest radiograph."))
     assert none and all(f.method == "none" and f.text == "" for f in none)
+
+
+@pytest.mark.parametrize(
+    ("sentence", "finding"),
+    [
+        # one cue decides two findings: flipping it would flip both
+        ("Aspiration or edema are also possible.", "aspiration"),
+        # an uncertain list is a differential, not a list of denials
+        ("Linear opacity at the right base may represent atelectasis or scarring.", "atelectasis"),
+        # "clear of" denies what follows; "the lungs are opacified of" is no sentence
+        ("The lungs are clear of focal airspace disease.", "opacity"),
+        ("The lungs are clear of focal airspace disease.", "airspace_disease"),
+        # the pleural spaces and bones have no present form the engine reads as their finding
+        ("The pleural spaces are clear.", "pleural_effusion"),
+        ("Bony thorax and soft tissues are unremarkable.", "fracture"),
+        # "not" would reach the aorta; "mildly to not moderately" is no sentence
+        ("The heart is enlarged with unfolding of the aorta.", "cardiomegaly"),
+        ("Heart size mildly to moderately enlarged.", "cardiomegaly"),
+        # "degenerative" is not a whole item of "mild degenerative changes in the spine"
+        (
+            "The osseous structures are intact, with mild degenerative changes in the thoracic spine.",
+            "degenerative_changes",
+        ),
+    ],
+)
+def test_what_would_flip_more_than_its_finding_or_break_the_sentence_gets_no_flip(sentence, finding):
+    got = [f for f in flips(sentence, mentions_of(sentence)) if f.finding == finding]
+    assert got and all(f.method == "none" and f.text == "" for f in got), got
+
+
+def test_a_denial_names_the_site_that_refined_the_finding():
+    site = [{"kind": "anatomy", "value": "rib", "start": 0, "end": 4}]
+    assert site_phrase("rib_fracture", "fractures", site) == "fractures of the rib"
+    assert site_phrase("rib_fracture", "rib fractures", site) == "rib fractures"
+    assert (
+        site_phrase("pleural_effusion", "effusion", [{"kind": "anatomy", "value": "lung_base"}]) == "effusion"
+    )
+    sentence = "There are healed fractures of the right 5th and 6th ribs."
+    (m,) = [m for m in mentions_of(sentence) if m["finding"] == "rib_fracture"]
+    phrase = site_phrase(m["finding"], m["text"], m["modifiers"])
+    assert read(denial(phrase, "No evidence of {finding}.")) == {"rib_fracture": "absent"}
 
 
 SENTENCES = [

@@ -277,6 +277,11 @@ def test_qualifiers_belong_to_their_own_structure():
     assert "cardiomegaly" not in {h.finding for h in hits}
     assert status("Heart size normal lungs clear.", "cardiomegaly") == "absent"
     assert status("The heart is enlarged, aorta tortuous.", "cardiomegaly") == "present"
+    # "normal" is the heart's predicate, not a premodifier of the lungs after it
+    hits = mentions("Heart size is normal and lungs are opacified.")
+    assert sorted((h.finding, h.status) for h in hits) == [("cardiomegaly", "absent"), ("opacity", "present")]
+    # ... while a premodifier still reaches across a coordination
+    assert status("Normal heart and lungs.", "opacity") == "absent"
     # "normal or mildly enlarged": the radiologist cannot say which
     hit = one("The heart is at the upper limits of normal or mildly enlarged.", "cardiomegaly")
     assert (hit.status, hit.rule) == ("uncertain", "qual.heart_size_equivocal")

@@ -47,6 +47,11 @@ _THERE_IS = re.compile(r"(?i)\b(there\s+(?:is|are|has been|have been|remains|rem
 _SEPARATOR = re.compile(r"(?i)^\s*(?:,\s*|/\s*)?(?:(?:or|and|nor|and/or)\s+)?(?P<pre>(?:[\w.-]+\s+){0,3})$")
 _ALTERNATIVE = re.compile(r"(?i)\b(?:versus|vs\.?|and/or|and or)(?!\w)")
 _WORD_BEFORE = re.compile(r"([\w.-]+)\s+$")
+_COPULA = re.compile(r"(?i)\b(?:is|are|was|were|be|appears?|remains?|seems?|looks?)\s+$")
+# "could suggest", "may be": words next to a cue that must change with it
+_MODAL_BEFORE = re.compile(r"(?i)\b(?:may|might|could|would|can)\s+$")
+_BE_AFTER = re.compile(r"(?i)^\s+(?:be|have)\b")
+_CLAUSE_END = re.compile(r"\s*(?:[.;:!?]|$)")
 # words that end a run of premodifiers when walking back from a finding
 _STOP = frozenset(
     [
@@ -276,6 +281,8 @@ def _flip_list(s: Sentence, m: Mapping[str, Any], to: str, items: list[Mapping[s
     lead_cut = m["cue_start"]
     there = _THERE_IS.search(text[:lead_cut])
     if to == "present":
+        if cue.lower().startswith(("clear", "free")):
+            return None  # "the lungs are clear of X, Y" has no present form that keeps the sentence
         if cue.lower().startswith(("without", "with no")):
             lead = "with "
         else:
@@ -297,16 +304,37 @@ def _flip_cue(s: Sentence, m: Mapping[str, Any], to: str) -> str | None:
     direction = _direction(m["rule"])
     if direction is None or m.get("cue_start") is None:
         return None
+    text = s.text
+    flip = f"{m['status']}_to_{to}"
     a, b = m["cue_start"], m["cue_end"]
-    repl = _cue_rule(f"{m['status']}_to_{to}", direction, " ".join(s.text[a:b].split()))
+    modal = _MODAL_BEFORE.search(text[:a])
+    be = _BE_AFTER.match(text[b:])
+    repl = None
+    # the widest span a rule knows: "could suggest" before "suggest", "may be" before "may"
+    for a2 in (modal.start(), a) if modal else (a,):
+        for b2 in (b + be.end(), b) if be else (b,):
+            repl = _cue_rule(flip, direction, " ".join(text[a2:b2].split()))
+            if repl is not None:
+                a, b = a2, b2
+                break
+        if repl is not None:
+            break
     if repl is None:
         return None
-    text = s.text
-    if repl == "" and to == "present" and direction == "preceding" and not text[:a].strip():
-        # "No pneumothorax." -> "There is pneumothorax."
-        phrase = s.phrase(m, denied=False)[1]
-        lead = "There are " if _plural(phrase) else "There is "
-        return tidy(lead + _lower_first(text[b:].lstrip()))
+    phrase = s.phrase(m, denied=False)[1]
+    there = ("There are " if _plural(phrase) else "There is ") if _CLAUSE_END.match(text[m["end"] :]) else ""
+    if to == "present" and direction == "preceding":
+        if repl == "" and not text[:a].strip():
+            # "No pneumothorax." -> "There is pneumothorax."
+            return tidy(("There are " if _plural(phrase) else "There is ") + _lower_first(text[b:].lstrip()))
+        if m["status"] == "absent" and any(
+            o is not m and o["end"] <= a and o["status"] == "absent" for o in s.mentions
+        ):
+            # "No consolidation, no effusion." -> "No consolidation, but there is effusion.": a bare
+            # deletion would leave the effusion under the first "no"
+            head = re.sub(r"(?i)\s*(?:[,;]\s*)?(?:\band\s+)?$", "", text[:a])
+            lead = _lower_first(there) if repl == "" else repl + " "
+            return tidy(f"{head}, but {lead}{text[b:].lstrip()}")
     return tidy(_sub(text, a, b, repl))
 
 
@@ -316,10 +344,22 @@ def _flip_qualifier(s: Sentence, m: Mapping[str, Any], to: str) -> str | None:
         return None
     a, b = m["cue_start"], m["cue_end"]
     if rule.startswith("normal.") and to == "present":
-        group = rule.rsplit("_", 1)[-1]
-        word = load_rules().qualifier.get(group)
+        # "clear of airspace disease" is a denial of what follows; "not clear" is no normal phrasing
+        if re.match(r"(?i)\s+of\b", s.text[b:]) or re.search(r"(?i)\bnot\s+$", s.text[:a]):
+            return None
+        anchor = rule[len("normal.") :].rsplit("_", 1)[0]
+        word = load_rules().qualifier.get(anchor)
         return tidy(_sub(s.text, a, b, word)) if word else None
-    if rule.startswith("qual.") and to == "absent" and a > m["end"]:
+    # "the heart is enlarged" -> "the heart is not enlarged"; not "mildly to not moderately enlarged"
+    # nor "the heart is not enlarged with unfolding of the aorta", where "not" reaches the aorta
+    later = any(o is not m and o["start"] >= b for o in s.mentions)
+    if (
+        rule.startswith("qual.")
+        and to == "absent"
+        and a > m["end"]
+        and _COPULA.search(s.text[:a])
+        and not later
+    ):
         return tidy(_sub(s.text, a, a, "not "))
     return None
 
@@ -370,9 +410,10 @@ def _move_out(s: Sentence, m: Mapping[str, Any], denied_phrase: str, start: int)
     end = m["end"]
     after = re.match(r"(?i)\s*(?:,\s*(?:and\s+)?|and\s+|with\s+)", text[end:])
     before = re.search(r"(?i)(?:,\s*|\s+and\s+|\s+with\s+)$", text[:start])
-    if after and (not before or not text[:start].strip()):
+    # the phrase must be a whole item: not "degenerative" out of "degenerative changes"
+    if after and not text[:start].strip():
         cut = text[:start] + text[end + after.end() :]
-    elif before:
+    elif before and (after or _CLAUSE_END.match(text[end:])):
         cut = text[: before.start()] + text[end:]
     else:
         return None
@@ -408,19 +449,23 @@ def flips(text: str, mentions: Sequence[Mapping[str, Any]], base: int = 0) -> li
             for to in FLIPS[m["status"]]:
                 out.append(Flip(finding, m["status"], to, "none", ""))
             continue
+        # "aspiration or edema are possible": one cue decides both; flipping it flips both
+        shared_cue = m.get("cue_start") is not None and any(
+            o is not m and o.get("cue_start") == m["cue_start"] for o in s.mentions
+        )
         for to in FLIPS[m["status"]]:
             candidates: list[tuple[str, str | None]] = []
-            items = _list_items(s, m)
-            direction = _direction(m["rule"])
-            if len(items) > 1:
-                if direction == "preceding":
-                    candidates.append(("list", _flip_list(s, m, to, items)))
-            elif m["rule"].startswith(("normal.", "qual.")):
+            if m["rule"].startswith(("normal.", "qual.")):
                 # "heart size and mediastinal contour are normal": one qualifier, two findings
-                alone = not any(o is not m and o.get("cue_start") == m["cue_start"] for o in s.mentions)
-                candidates.append(("qualifier", _flip_qualifier(s, m, to) if alone else None))
+                candidates.append(("qualifier", None if shared_cue else _flip_qualifier(s, m, to)))
             elif m["status"] == "present" and m.get("cue") is None:
                 candidates.extend(_deny(s, m))
+            elif shared_cue:
+                # a list under one preceding cue ("no X, Y or Z"); an uncertain list is a
+                # differential ("may represent atelectasis or pneumonia") and is left alone
+                items = _list_items(s, m)
+                if len(items) > 1 and _direction(m["rule"]) == "preceding" and m["status"] != "uncertain":
+                    candidates.append(("list", _flip_list(s, m, to, items)))
             else:
                 candidates.append(("cue", _flip_cue(s, m, to)))
             seen = set()

@@ -20,7 +20,7 @@ from pipeline.core.errors import reject_table
 from pipeline.core.registry import map_stage
 from pipeline.core.schemas import conform, load_schema
 from pipeline.hardneg.rewrite import flips, load_rules
-from pipeline.hardneg.variants import LOCATIONS, clean, denial, draw, place
+from pipeline.hardneg.variants import LOCATIONS, clean, denial, draw, place, site_phrase
 
 
 @dataclass(frozen=True)
@@ -165,7 +165,11 @@ def _variants(
             ):
                 # "the heart is enlarged": the mention is the structure; deny the finding by name
                 anchored = m["rule"].startswith("qual.")
-                present[m["finding"]] = m["finding"].replace("_", " ") if anchored else m["text"]
+                present[m["finding"]] = (
+                    m["finding"].replace("_", " ")
+                    if anchored
+                    else site_phrase(m["finding"], m["text"], m.get("modifiers"))
+                )
         text = clean(s["text"], bool(ms))
         if text is not None:
             kept.append((text, {m["finding"] for m in ms}, reading((m["finding"], m["status"]) for m in ms)))

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Sequence
 
 from pipeline.hardneg.rewrite import _plural, load_rules, tidy
@@ -52,6 +53,23 @@ def denial(finding_phrase: str, template: str) -> str:
         .replace("{finding}", lower)
         .replace("{is}", be)
     )
+
+
+def site_phrase(finding: str, phrase: str, modifiers: Sequence[dict] | None) -> str:
+    """The mention's phrase, naming the site that refined its finding when the phrase does not.
+
+    The engine reads "fractures of the right 5th ribs" as a rib fracture through the site; a denial
+    of the bare "fractures" would deny a fracture, not a rib fracture: "fractures of the rib".
+    """
+    words = {w.rstrip("s") for w in re.findall(r"[a-z]+", phrase.lower())}
+    missing = [w for w in finding.split("_") if w.rstrip("s") not in words]
+    for mod in modifiers or ():
+        value = str(mod["value"])
+        if mod["kind"] == "anatomy" and any(
+            value.startswith(w[:4]) or w.startswith(value[:4]) for w in missing
+        ):
+            return f"{phrase} of the {value.replace('_', ' ')}"
+    return phrase
 
 
 def place(sentences: Sequence[str], sentence: str, location: str) -> list[str]:

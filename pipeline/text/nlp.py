@@ -510,12 +510,16 @@ class TextEngine:
         chunk: list[int],
         ents: list[Span],
         doc: Doc,
+        claimed: bool = True,
     ) -> tuple[str, int, int, str] | None:
         """The nearest qualifier after (up to 8 tokens) or just before (up to 2) the anchor.
 
         A qualifier after a comma that premodifies the next structure belongs to that structure:
         in "stable heart size, moderately enlarged and tortuous aorta" the aorta is enlarged, not
-        the heart ("heart size normal lungs clear", without the comma, keeps "normal").
+        the heart ("heart size normal lungs clear", without the comma, keeps "normal"). A
+        qualifier an earlier anchor takes as its predicate is not also a premodifier of a later
+        one: in "heart size is normal and lungs are opacified" the lungs are not normal
+        (``claimed``: check that; off inside the check itself).
         """
         best = None
         best_d = 10**9
@@ -535,6 +539,14 @@ class TextEngine:
                     continue
             elif e <= ent.start and ent.start - e <= QUALIFIER_BEFORE:
                 d = ent.start - e
+                if claimed and any(
+                    o.label_[0] == "A"
+                    and o.end <= s
+                    and chunk[o.start] == c
+                    and TextEngine._qualifier(o, qualifiers, chunk, ents, doc, claimed=False) == q
+                    for o in ents
+                ):
+                    continue
             else:
                 continue
             if d < best_d or (d == best_d and s >= ent.end):
