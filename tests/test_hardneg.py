@@ -332,6 +332,9 @@ def test_demo_run_gate_and_outputs(demo_run, tmp_path):
     for p in pairs:
         assert p["original"] != p["flipped"]
         assert read(p["flipped"]).get(p["finding"]) == p["flipped_status"]
+    # de-duplicated: a report gives one pair per sentence text, finding and flipped status
+    content = [(p["report_id"], p["original"], p["finding"], p["flipped_status"]) for p in pairs]
+    assert len(content) == len(set(content))
     candidates = read_dataset(out, "hardneg_candidates").num_rows
     rejects = read_dataset(out, "rejects").to_pandas()
     gate_rejects = rejects[rejects.stage == "hardneg"]

@@ -51,6 +51,7 @@ _COPULA = re.compile(r"(?i)\b(?:is|are|was|were|be|appears?|remains?|seems?|look
 # "could suggest", "may be": words next to a cue that must change with it
 _MODAL_BEFORE = re.compile(r"(?i)\b(?:may|might|could|would|can)\s+$")
 _BE_AFTER = re.compile(r"(?i)^\s+(?:be|have)\b")
+_TERMINATOR = re.compile(r"(?i)[.;]|\b(?:but|however|although|though|whereas|while)\b")
 _CLAUSE_END = re.compile(r"\s*(?:[.;:!?]|$)")
 # words that end a run of premodifiers when walking back from a finding
 _STOP = frozenset(
@@ -425,6 +426,19 @@ def _move_out(s: Sentence, m: Mapping[str, Any], denied_phrase: str, start: int)
     return tidy(f"{body}, but no {_lower_first(denied_phrase)}{stop or '.'}")
 
 
+def _inside_denial(s: Sentence, m: Mapping[str, Any]) -> bool:
+    """Whether a preceding cue of ``m`` sits in the clause of an earlier denied finding."""
+    if m.get("cue_start") is None or _direction(m["rule"]) != "preceding":
+        return False
+    return any(
+        o is not m
+        and o["status"] == "absent"
+        and o["end"] <= m["cue_start"]
+        and not _TERMINATOR.search(s.text[o["end"] : m["cue_start"]])
+        for o in s.mentions
+    )
+
+
 def flips(text: str, mentions: Sequence[Mapping[str, Any]], base: int = 0) -> list[Flip]:
     """Every flip of every finding of one sentence (``mentions``: its mention rows, offsets at ``base``).
 
@@ -443,8 +457,12 @@ def flips(text: str, mentions: Sequence[Mapping[str, Any]], base: int = 0) -> li
         # a statement ("normal chest radiograph") has no negated form the engine reads; an anchor
         # with two readings ("the cardiomediastinal silhouette is normal") flips both at once
         shared = any(o is not m and (o["start"], o["end"]) == (m["start"], m["end"]) for o in s.mentions)
-        # "atelectasis versus pneumonia cannot be excluded": the differential keeps it uncertain
-        differential = m["status"] == "uncertain" and _ALTERNATIVE.search(text) is not None
+        # "atelectasis versus pneumonia cannot be excluded": the differential keeps it uncertain;
+        # "no consolidation concerning for pneumonia": without its hedge, the pneumonia falls
+        # under the earlier denial, and no rewrite says "pneumonia present" plainly
+        differential = m["status"] == "uncertain" and (
+            _ALTERNATIVE.search(text) is not None or _inside_denial(s, m)
+        )
         if m["rule"].startswith("statement.") or shared or differential:
             for to in FLIPS[m["status"]]:
                 out.append(Flip(finding, m["status"], to, "none", ""))
@@ -476,3 +494,47 @@ def flips(text: str, mentions: Sequence[Mapping[str, Any]], base: int = 0) -> li
             if not seen:
                 out.append(Flip(finding, m["status"], to, "none", ""))
     return out
+
+
+def _rel(v: int | None, base: int) -> int | None:
+    return None if v is None else v - base
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _flips_of(key: tuple[str, tuple[tuple[Any, ...], ...]]) -> tuple[Flip, ...]:
+    text, ms = key
+    mentions = [
+        {
+            "finding": f,
+            "status": st,
+            "rule": r,
+            "start": a,
+            "end": b,
+            "cue": cue,
+            "cue_start": ca,
+            "cue_end": cb,
+            "modifiers": [{"kind": k, "start": wa, "end": wb} for k, wa, wb in words],
+        }
+        for f, st, r, a, b, cue, ca, cb, words in ms
+    ]
+    return tuple(flips(text, mentions))
+
+
+def cached_flips(text: str, mentions: Sequence[Mapping[str, Any]], base: int = 0) -> tuple[Flip, ...]:
+    """:func:`flips`, remembered per sentence text and mention layout: a dump repeats its
+    sentences ("No pneumothorax." is in most reports), and a flip depends on nothing else."""
+    ms = tuple(
+        (
+            m["finding"],
+            m["status"],
+            m["rule"],
+            m["start"] - base,
+            m["end"] - base,
+            m.get("cue"),
+            _rel(m.get("cue_start"), base),
+            _rel(m.get("cue_end"), base),
+            tuple((w["kind"], w["start"] - base, w["end"] - base) for w in m.get("modifiers") or ()),
+        )
+        for m in mentions
+    )
+    return _flips_of((text, ms))

@@ -19,7 +19,7 @@ import pyarrow as pa
 from pipeline.core.errors import reject_table
 from pipeline.core.registry import map_stage
 from pipeline.core.schemas import conform, load_schema
-from pipeline.hardneg.rewrite import flips, load_rules
+from pipeline.hardneg.rewrite import cached_flips, load_rules
 from pipeline.hardneg.variants import LOCATIONS, clean, denial, draw, place, site_phrase
 
 
@@ -108,12 +108,17 @@ def hardneg_rewrite(tables: Mapping[str, pa.Table], *, config: HardnegConfig) ->
         }
         before = len(rows)
         if config.flips:
+            # a sentence written twice in a report (findings and impression) gives its pairs once
+            done: set[tuple[str, str, str]] = set()
             for s in sents:
                 ms = mentions.get((rid, s["sentence_idx"]), [])
                 if not ms:
                     continue
                 statuses = [(m["finding"], m["status"]) for m in ms]
-                for f in flips(s["text"], ms, base=s["start"]):
+                for f in cached_flips(s["text"], ms, base=s["start"]):
+                    if (s["text"], f.finding, f.flipped_status) in done:
+                        continue
+                    done.add((s["text"], f.finding, f.flipped_status))
                     expected = [(g, st) for g, st in statuses if g != f.finding] + [
                         (f.finding, f.flipped_status)
                     ]

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -27,6 +28,7 @@ def draw(seed: int, *parts: str, n: int) -> int:
     return int.from_bytes(digest, "big") % n
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def clean(text: str, has_finding: bool) -> str | None:
     """The sentence with comparisons stripped; None when it only compares and is dropped."""
     rules = load_rules()
