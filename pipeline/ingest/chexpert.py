@@ -75,6 +75,63 @@ def report_hash(data: bytes) -> str:
     return hashlib.blake2b(data, digest_size=6).hexdigest()
 
 
+class _Rows:
+    """Per-row bookkeeping of the CheXpert readers, kept across batches and files: each row's
+    report id, whether it is its report's first row, its part, and reject codes for the report
+    and the image. A row whose path names no study is its own report, rejected."""
+
+    def __init__(self, part_size: int, column: str, shape: str) -> None:
+        self.part_size, self.column, self.shape = part_size, column, shape
+        self.part_of: dict[str, int] = {}
+        self.seen_images: set[str] = set()
+        self.n_reports = 0
+
+    def start(self, n: int) -> None:
+        self.rids: list[str] = []
+        self.firsts: list[bool] = []
+        self.parts: list[int] = []
+        self.rep_codes: list[str | None] = [None] * n
+        self.rep_details: list[str | None] = [None] * n
+        self.img_codes: list[str | None] = [None] * n
+        self.img_details: list[str | None] = [None] * n
+
+    def bad(self, i: int, label: str, path: str | None) -> None:
+        if not (path or "").strip():
+            code, detail = "missing_id", f"{self.column} is empty"
+        else:
+            code, detail = "bad_id", f"{self.column} {path!r} is not {self.shape}"
+        self.rids.append(label)
+        self.firsts.append(True)
+        self.parts.append(self.n_reports // self.part_size)
+        self.n_reports += 1
+        self.rep_codes[i] = self.img_codes[i] = code
+        self.rep_details[i] = self.img_details[i] = detail
+
+    def add(self, i: int, rid: str, image_id: str) -> None:
+        part = self.part_of.get(rid)
+        self.firsts.append(part is None)
+        if part is None:
+            part = self.part_of[rid] = self.n_reports // self.part_size
+            self.n_reports += 1
+        self.rids.append(rid)
+        self.parts.append(part)
+        if image_id in self.seen_images:
+            self.img_codes[i] = "duplicate_id"
+            self.img_details[i] = f"{self.column} {image_id} repeated (first kept)"
+        self.seen_images.add(image_id)
+
+    def columns(self, table: pa.Table, first: pa.Array | None = None) -> pa.Table:
+        """``table`` with the bookkeeping columns appended."""
+        return (
+            table.append_column(RID, pa.array(self.rids, pa.string()))
+            .append_column(FIRST, first if first is not None else pa.array(self.firsts, pa.bool_()))
+            .append_column(REP_REJECT, pa.array(self.rep_codes, pa.string()))
+            .append_column(REP_DETAIL, pa.array(self.rep_details, pa.string()))
+            .append_column(IMG_REJECT, pa.array(self.img_codes, pa.string()))
+            .append_column(IMG_DETAIL, pa.array(self.img_details, pa.string()))
+        )
+
+
 def _study_parts(path: str, head: bool) -> tuple[str, str] | None:
     """(study key, image id) of an image path, or None when it has too few parts.
 
@@ -140,9 +197,7 @@ def plan_plus(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
     sections = [c for c in PLUS_SECTIONS if c in names]
     optional = [c for c in PLUS_OPTIONAL if c in names]
     stager = _Stager(ctx, "cxp")
-    report_part: dict[str, int] = {}
-    seen_images: set[str] = set()
-    n_reports = 0
+    rows = _Rows(ctx.part_size, "path_to_image", "<split>/<patient>/<study>/<image>")
     row = 0
     for batch in iter_csv(
         loc, ["path_to_image", "report", *sections, *optional], binary=["report", *sections]
@@ -151,49 +206,18 @@ def plan_plus(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
         reports = batch.column("report").to_pylist()
         section_values = [batch.column(c).to_pylist() for c in sections]
         n = len(paths)
-        rids: list[str] = []
-        firsts: list[bool] = []
-        parts: list[int] = []
-        rep_codes: list[str | None] = [None] * n
-        rep_details: list[str | None] = [None] * n
-        img_codes: list[str | None] = [None] * n
-        img_details: list[str | None] = [None] * n
+        rows.start(n)
         for i, path in enumerate(paths):
             key = _study_parts(path or "", head=True)
             if key is None:
-                code = "missing_id" if not (path or "").strip() else "bad_id"
-                detail = (
-                    "path_to_image is empty"
-                    if code == "missing_id"
-                    else f"path_to_image {path!r} is not <split>/<patient>/<study>/<image>"
-                )
-                rids.append(f"row {row + i + 2}")
-                firsts.append(True)
-                parts.append(n_reports // ctx.part_size)
-                n_reports += 1
-                rep_codes[i] = img_codes[i] = code
-                rep_details[i] = img_details[i] = detail
+                rows.bad(i, f"row {row + i + 2}", path)
                 continue
             study, image_id = key
             body = reports[i] or b""
             if not body.strip():
                 body = b"\x1f".join(v[i] or b"" for v in section_values)
-            rid = f"{study}/{report_hash(body)}"
-            part = report_part.get(rid)
-            first = part is None
-            if part is None:
-                part = report_part[rid] = n_reports // ctx.part_size
-                n_reports += 1
-            rids.append(rid)
-            firsts.append(first)
-            parts.append(part)
-            if image_id in seen_images:
-                img_codes[i], img_details[i] = (
-                    "duplicate_id",
-                    f"path_to_image {image_id} repeated (first kept)",
-                )
-            seen_images.add(image_id)
-        first_mask = pa.array(firsts, pa.bool_())
+            rows.add(i, f"{study}/{report_hash(body)}", image_id)
+        first_mask = pa.array(rows.firsts, pa.bool_())
         table = pa.Table.from_batches([batch])
         # Only a report's first row needs its text: later rows of the same report are images.
         for c in ["report", *sections]:
@@ -202,18 +226,12 @@ def plan_plus(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
                 c,
                 pc.if_else(first_mask, table[c], pa.scalar(None, pa.binary())),
             )
-        table = (
-            table.append_column(RID, pa.array(rids, pa.string()))
-            .append_column(FIRST, first_mask)
-            .append_column(ROWNO, pa.array(np.arange(row, row + n, dtype=np.int64) + 2))
-            .append_column(REP_REJECT, pa.array(rep_codes, pa.string()))
-            .append_column(REP_DETAIL, pa.array(rep_details, pa.string()))
-            .append_column(IMG_REJECT, pa.array(img_codes, pa.string()))
-            .append_column(IMG_DETAIL, pa.array(img_details, pa.string()))
+        table = rows.columns(table, first_mask).append_column(
+            ROWNO, pa.array(np.arange(row, row + n, dtype=np.int64) + 2)
         )
-        stager.add(table, parts)
+        stager.add(table, rows.parts)
         row += n
-    log.info("chexpert_plus: %d rows, %d reports", row, n_reports)
+    log.info("chexpert_plus: %d rows, %d reports", row, rows.n_reports)
     return stager.specs("chexpert_plus", posixpath.dirname(loc.url), digest(loc.signature()))
 
 
@@ -361,9 +379,7 @@ def plan_v1(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
     """
     obs = list(observations())
     stager = _Stager(ctx, "cxv1")
-    study_part: dict[str, int] = {}
-    seen_images: set[str] = set()
-    n_studies = 0
+    rows = _Rows(ctx.part_size, "Path", ".../<patient>/<study>/<image>")
     signatures = []
     files = _v1_files(config)
     for loc, split in files:
@@ -375,55 +391,22 @@ def plan_v1(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
         for batch in iter_csv(loc, ["Path", *optional, *obs]):
             paths = batch.column("Path").to_pylist()
             n = len(paths)
-            rids: list[str] = []
-            firsts: list[bool] = []
-            parts: list[int] = []
-            codes: list[str | None] = [None] * n
-            details: list[str | None] = [None] * n
-            img_codes: list[str | None] = [None] * n
-            img_details: list[str | None] = [None] * n
+            rows.start(n)
             for i, path in enumerate(paths):
                 key = _study_parts(path or "", head=False)
                 if key is None:
-                    code = "missing_id" if not (path or "").strip() else "bad_id"
-                    detail = (
-                        "Path is empty"
-                        if code == "missing_id"
-                        else f"Path {path!r} is not .../<patient>/<study>/<image>"
-                    )
-                    rids.append(f"{loc.name}:row {row + i + 2}")
-                    firsts.append(True)
-                    parts.append(n_studies // ctx.part_size)
-                    n_studies += 1
-                    codes[i] = img_codes[i] = code
-                    details[i] = img_details[i] = detail
+                    rows.bad(i, f"{loc.name}:row {row + i + 2}", path)
                     continue
                 study, image_id = key
-                part = study_part.get(study)
-                firsts.append(part is None)
-                if part is None:
-                    part = study_part[study] = n_studies // ctx.part_size
-                    n_studies += 1
-                rids.append(study)
-                parts.append(part)
-                if image_id in seen_images:
-                    img_codes[i], img_details[i] = "duplicate_id", f"image {image_id} repeated (first kept)"
-                seen_images.add(image_id)
-            table = (
-                pa.Table.from_batches([batch])
-                .append_column(RID, pa.array(rids, pa.string()))
-                .append_column(FIRST, pa.array(firsts, pa.bool_()))
-                .append_column("_split", pa.array([split] * n, pa.string()))
-                .append_column(REP_REJECT, pa.array(codes, pa.string()))
-                .append_column(REP_DETAIL, pa.array(details, pa.string()))
-                .append_column(IMG_REJECT, pa.array(img_codes, pa.string()))
-                .append_column(IMG_DETAIL, pa.array(img_details, pa.string()))
+                rows.add(i, study, image_id)
+            table = rows.columns(pa.Table.from_batches([batch])).append_column(
+                "_split", pa.array([split] * n, pa.string())
             )
             # Batches of two CSVs have different optional columns: stage each file's on its own.
             stager.prefix = f"cxv1-{loc.name.split('.')[0]}"
-            stager.add(table, parts)
+            stager.add(table, rows.parts)
             row += n
-    log.info("chexpert: %d studies", n_studies)
+    log.info("chexpert: %d studies", rows.n_reports)
     return stager.specs("chexpert", posixpath.dirname(files[0][0].url), digest(*signatures))
 
 
