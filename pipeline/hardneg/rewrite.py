@@ -51,6 +51,8 @@ _COPULA = re.compile(r"(?i)\b(?:is|are|was|were|be|appears?|remains?|seems?|look
 # "could suggest", "may be": words next to a cue that must change with it
 _MODAL_BEFORE = re.compile(r"(?i)\b(?:may|might|could|would|can)\s+$")
 _BE_AFTER = re.compile(r"(?i)^\s+(?:be|have)\b")
+# the scope terminators of the text lexicon (negation.yaml) that end a clause; a copy, because
+# stage packages meet only through datasets
 _TERMINATOR = re.compile(r"(?i)[.;]|\b(?:but|however|although|though|whereas|while)\b")
 _CLAUSE_END = re.compile(r"\s*(?:[.;:!?]|$)")
 # words that end a run of premodifiers when walking back from a finding
@@ -310,31 +312,36 @@ def _flip_cue(s: Sentence, m: Mapping[str, Any], to: str) -> str | None:
     a, b = m["cue_start"], m["cue_end"]
     modal = _MODAL_BEFORE.search(text[:a])
     be = _BE_AFTER.match(text[b:])
-    repl = None
     # the widest span a rule knows: "could suggest" before "suggest", "may be" before "may"
-    for a2 in (modal.start(), a) if modal else (a,):
-        for b2 in (b + be.end(), b) if be else (b,):
-            repl = _cue_rule(flip, direction, " ".join(text[a2:b2].split()))
-            if repl is not None:
-                a, b = a2, b2
-                break
-        if repl is not None:
-            break
-    if repl is None:
+    spans = [
+        (a2, b2)
+        for a2 in ((modal.start(), a) if modal else (a,))
+        for b2 in ((b + be.end(), b) if be else (b,))
+    ]
+    found = next(
+        (
+            (a2, b2, r)
+            for a2, b2 in spans
+            if (r := _cue_rule(flip, direction, " ".join(text[a2:b2].split()))) is not None
+        ),
+        None,
+    )
+    if found is None:
         return None
-    phrase = s.phrase(m, denied=False)[1]
-    there = ("There are " if _plural(phrase) else "There is ") if _CLAUSE_END.match(text[m["end"] :]) else ""
+    a, b, repl = found
+    there_is = "There are " if _plural(s.phrase(m, denied=False)[1]) else "There is "
     if to == "present" and direction == "preceding":
         if repl == "" and not text[:a].strip():
             # "No pneumothorax." -> "There is pneumothorax."
-            return tidy(("There are " if _plural(phrase) else "There is ") + _lower_first(text[b:].lstrip()))
+            return tidy(there_is + _lower_first(text[b:].lstrip()))
         if m["status"] == "absent" and any(
             o is not m and o["end"] <= a and o["status"] == "absent" for o in s.mentions
         ):
             # "No consolidation, no effusion." -> "No consolidation, but there is effusion.": a bare
             # deletion would leave the effusion under the first "no"
             head = re.sub(r"(?i)\s*(?:[,;]\s*)?(?:\band\s+)?$", "", text[:a])
-            lead = _lower_first(there) if repl == "" else repl + " "
+            ends_clause = _CLAUSE_END.match(text[m["end"] :])
+            lead = repl + " " if repl else (_lower_first(there_is) if ends_clause else "")
             return tidy(f"{head}, but {lead}{text[b:].lstrip()}")
     return tidy(_sub(text, a, b, repl))
 

@@ -120,16 +120,23 @@ class _Rows:
             self.img_details[i] = f"{self.column} {image_id} repeated (first kept)"
         self.seen_images.add(image_id)
 
-    def columns(self, table: pa.Table, first: pa.Array | None = None) -> pa.Table:
+    def columns(self, table: pa.Table) -> pa.Table:
         """``table`` with the bookkeeping columns appended."""
         return (
             table.append_column(RID, pa.array(self.rids, pa.string()))
-            .append_column(FIRST, first if first is not None else pa.array(self.firsts, pa.bool_()))
+            .append_column(FIRST, pa.array(self.firsts, pa.bool_()))
             .append_column(REP_REJECT, pa.array(self.rep_codes, pa.string()))
             .append_column(REP_DETAIL, pa.array(self.rep_details, pa.string()))
             .append_column(IMG_REJECT, pa.array(self.img_codes, pa.string()))
             .append_column(IMG_DETAIL, pa.array(self.img_details, pa.string()))
         )
+
+
+def _image_row(
+    image_id: str, report_id: str, subject: str, study: str, split: str | None, path: str, view: str | None
+) -> tuple[Any, ...]:
+    """One images_meta row of a CheXpert CSV: the CSV names no DICOM tags, so those are null."""
+    return (image_id, report_id, subject, study, split, path, _format(path), view, *[None] * 6, "metadata")
 
 
 def _study_parts(path: str, head: bool) -> tuple[str, str] | None:
@@ -226,7 +233,7 @@ def plan_plus(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
                 c,
                 pc.if_else(first_mask, table[c], pa.scalar(None, pa.binary())),
             )
-        table = rows.columns(table, first_mask).append_column(
+        table = rows.columns(table).append_column(
             ROWNO, pa.array(np.arange(row, row + n, dtype=np.int64) + 2)
         )
         stager.add(table, rows.parts)
@@ -263,22 +270,14 @@ def read_plus(spec: PartSpec, config: IngestConfig) -> PartResult:
                 continue
             study = rid.rsplit("/", 1)[0]
             image_rows.append(
-                (
+                _image_row(
                     path.strip(),
                     rid,
                     _get(cols, "deid_patient_id", i) or study.split("/")[1],
                     study,
                     normalise_split(_get(cols, "split", i)),
                     path.strip(),
-                    _format(path),
                     view_from(_get(cols, "frontal_lateral", i), _get(cols, "ap_pa", i)),
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                    "metadata",
                 )
             )
     return PartResult(
@@ -442,22 +441,14 @@ def read_v1(spec: PartSpec, config: IngestConfig) -> PartResult:
             key = _study_parts(path, head=False)
             assert key is not None
             image_rows.append(
-                (
+                _image_row(
                     key[1],
                     rid,
                     rid.split("/")[1],
                     rid,
                     cols["_split"][i],
                     path,
-                    _format(path),
                     view_from(_get(cols, "Frontal/Lateral", i), _get(cols, "AP/PA", i)),
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                    None,
-                    "metadata",
                 )
             )
     return PartResult(
