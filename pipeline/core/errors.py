@@ -31,6 +31,16 @@ REJECT_REASONS: dict[str, str] = {
     "no_neighbors": "no other report (in its split) to compare the report with",
     "flip_failed": "a rewritten sentence did not read back with the intended statuses",
     "orphan_row": "the row refers to something that is not in its parent dataset",
+    "view_excluded": "the image's view is not one of stages.images.views (kept out on purpose)",
+    "no_pixel_data": "the DICOM file has no pixel data",
+    "unsupported_transfer_syntax": "no installed decoder handles the file's transfer syntax (the detail names the package)",
+    "undecodable_image": "the pixel data or image file could not be decoded",
+    "not_xray": "the DICOM modality is not a radiograph (CR, DX, DR, RG)",
+    "constant_image": "every pixel has the same value after windowing: nothing to learn from",
+    "bad_image_size": "the image is too small, too large or too elongated to be a chest radiograph",
+    "no_image": "the sample has no decoded image",
+    "no_text": "the report has no text for training (no findings, impression or fallback section)",
+    "benchmark_report": "the report is in the CXR-Align benchmark, so it stays out of the train shards",
 }
 
 

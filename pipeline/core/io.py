@@ -122,10 +122,12 @@ class Store:
         *,
         stage: str | None = None,
         vector_size: int | None = None,
+        row_group_size: int | None = None,
     ) -> int:
         """Validate ``table`` against ``dataset``'s schema and write part ``index`` atomically.
 
-        Returns the number of rows written. Raises PipelineError(E_SCHEMA_MISMATCH) before
+        ``row_group_size`` caps the rows per Parquet row group (streaming readers read one at a
+        time); by default a part is one row group. Returns the number of rows written. Raises PipelineError(E_SCHEMA_MISMATCH) before
         anything is written when the table does not conform.
         """
         table = conform(table, dataset, vector_size=vector_size)
@@ -133,7 +135,7 @@ class Store:
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         with self.fs.open(tmp, "wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
+            pq.write_table(table, fh, compression="zstd", row_group_size=row_group_size)
         self._commit(tmp, path)
         return table.num_rows
 

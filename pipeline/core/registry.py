@@ -38,6 +38,8 @@ STAGE_MODULES: tuple[str, ...] = (
     "pipeline.graph.stage",
     "pipeline.similarity.stage",
     "pipeline.hardneg.stage",
+    "pipeline.images.stage",
+    "pipeline.shards.stage",
 )
 
 Tables = Mapping[str, pa.Table]

@@ -22,6 +22,7 @@ VERSION_KEY = b"clip2clinic.schema_version"
 
 _SCALARS: dict[str, pa.DataType] = {
     "string": pa.string(),
+    "binary": pa.binary(),
     "bool": pa.bool_(),
     "int8": pa.int8(),
     "int16": pa.int16(),
@@ -114,9 +115,18 @@ def _fix_vectors(typ: pa.DataType, size: int | None) -> pa.DataType:
     return typ
 
 
+def schema_name(dataset: str) -> str:
+    """The schema a dataset id uses: a member of a family (``shards/train``) uses the family's."""
+    return dataset.split("/", 1)[0]
+
+
 @functools.cache
 def load_schema(name: str) -> DatasetSchema:
-    """Load ``schemas/<name>.yaml``. Raises PipelineError(E_SCHEMA_*) when missing or malformed."""
+    """Load ``schemas/<name>.yaml`` (``shards/train``: ``schemas/shards.yaml``).
+
+    Raises PipelineError(E_SCHEMA_*) when missing or malformed.
+    """
+    name = schema_name(name)
     known = available_schemas()
     if name not in known:
         raise PipelineError(
@@ -234,10 +244,10 @@ def check_file_schema(schema: pa.Schema, name: str, where: str) -> None:
     got_name = meta.get(SCHEMA_KEY, b"").decode()
     got_version = meta.get(VERSION_KEY, b"").decode()
     want = load_schema(name)
-    if got_name != name or got_version != str(want.version):
+    if got_name != schema_name(name) or got_version != str(want.version):
         raise PipelineError(
             "E_SCHEMA_STAMP",
-            f"{where} holds {got_name or 'an unstamped table'} v{got_version or '?'}, expected {name} "
+            f"{where} holds {got_name or 'an unstamped table'} v{got_version or '?'}, expected {want.name} "
             f"v{want.version}. Rerun the stage that writes it (or delete the folder) to rebuild it.",
         )
 
