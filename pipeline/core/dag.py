@@ -21,7 +21,7 @@ import yaml
 
 from pipeline.core.errors import PipelineError, did_you_mean
 from pipeline.core.registry import Stage, get_stage
-from pipeline.core.schemas import available_schemas
+from pipeline.core.schemas import available_schemas, schema_name
 
 REJECTS = "rejects"
 
@@ -94,7 +94,7 @@ def build_dag(name: str, stage_names: list[str], *, description: str = "", where
     producers: dict[str, str] = {}
     for stage in stages:
         for dataset in (*stage.inputs, *stage.optional_inputs, *stage.outputs):
-            if dataset not in known_schemas:
+            if schema_name(dataset) not in known_schemas:
                 raise PipelineError(
                     "E_SCHEMA_MISSING",
                     f"{where}: stage {stage.name!r} uses dataset {dataset!r}, which has no schema in schemas/."

@@ -20,7 +20,7 @@ import json
 import os
 import posixpath
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, is_dataclass
 from importlib import metadata
 from typing import Any
@@ -100,6 +100,14 @@ class Store:
         tmp = f"{path}.tmp-{uuid.uuid4().hex}"
         with self.fs.open(tmp, "wb") as fh:
             fh.write(data)
+        self._commit(tmp, path)
+
+    def write_with(self, path: str, write: Callable[[Any], None]) -> None:
+        """Call ``write(fh)`` on a temporary file, then move it to ``path`` atomically."""
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp-{uuid.uuid4().hex}"
+        with self.fs.open(tmp, "wb") as fh:
+            write(fh)
         self._commit(tmp, path)
 
     def write_json(self, path: str, obj: Any) -> None:

@@ -88,6 +88,9 @@ class Stage:
     # Read when present (their fingerprints then join this stage's); a DAG that also produces
     # one runs its producer first. Absent, the stage runs without it.
     optional_inputs: tuple[str, ...] = ()
+    # Each part writes only the outputs it returns (a training shard belongs to one split's
+    # folder), instead of an empty file in every other output.
+    sparse_outputs: bool = False
 
     @property
     def id(self) -> str:
@@ -199,10 +202,12 @@ def corpus_stage(
     outputs: tuple[str, ...],
     config: type,
     optional_inputs: tuple[str, ...] = (),
+    sparse_outputs: bool = False,
 ) -> Callable[[Callable[..., None]], Callable[..., None]]:
     """Register a stage that works on the whole corpus through a run context.
 
     ``optional_inputs``: datasets read when complete in the run (see :class:`Stage`).
+    ``sparse_outputs``: a part writes only the outputs it returns (see :class:`Stage`).
     """
     _check_config(config)
 
@@ -218,6 +223,7 @@ def corpus_stage(
                 fn=fn,
                 description=(fn.__doc__ or "").strip().split("\n")[0],
                 optional_inputs=optional_inputs,
+                sparse_outputs=sparse_outputs,
             )
         )
         return fn

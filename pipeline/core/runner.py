@@ -199,20 +199,28 @@ def _commit_part(
     fingerprint: str,
     accounting: dict[str, Any],
     started: float,
+    row_group_size: int | None = None,
 ) -> dict[str, Any]:
-    """Write every output of one part, then its marker (last, so a marker means complete)."""
+    """Write every output of one part, then its marker (last, so a marker means complete).
+
+    A stage with ``sparse_outputs`` writes only the outputs the part returned.
+    """
     unknown = set(tables) - set(stage.outputs) - {REJECTS}
     if unknown:
         raise PipelineError(
             "E_STAGE_OUTPUT", f"stage {stage.name!r} returned undeclared datasets {sorted(unknown)}"
         )
     missing = set(stage.outputs) - set(tables) - set(stage.optional_outputs)
-    if missing:
+    if missing and not stage.sparse_outputs:
         raise PipelineError("E_STAGE_OUTPUT", f"stage {stage.name!r} did not return {sorted(missing)}")
     rows: dict[str, int] = {}
     for dataset in stage.outputs:
         table = tables.get(dataset)
-        rows[dataset] = store.write_table(table if table is not None else empty(dataset), dataset, index)
+        if table is None and stage.sparse_outputs:
+            continue
+        rows[dataset] = store.write_table(
+            table if table is not None else empty(dataset), dataset, index, row_group_size=row_group_size
+        )
     rejects = tables.get(REJECTS)
     rejects = rejects if rejects is not None else empty(REJECTS)
     _check_reject_codes(stage, rejects)
@@ -466,7 +474,12 @@ class Runner:
     ) -> StageReport:
         keep = range(n_parts)
         for dataset in stage.outputs:
-            self.store.remove_parts_except(dataset, keep)
+            if stage.sparse_outputs:  # a part index belongs to the outputs its marker names
+                self.store.remove_parts_except(
+                    dataset, [i for i, m in markers.items() if dataset in m["rows"]]
+                )
+            else:
+                self.store.remove_parts_except(dataset, keep)
         self.store.remove_parts_except(REJECTS, keep, stage=stage.name)
         staging = self.store.path("_state", stage.name, "staging")
         if self.store.fs.exists(staging):
@@ -564,7 +577,7 @@ class Runner:
         stage.fn(ctx, config=config)
         self.progress.advance(stage.name)
         self.progress.finish(stage.name)
-        return self._finalise(stage, fingerprint, ctx.markers, ctx.n_parts, started)
+        return self._finalise(stage, fingerprint, ctx.markers, ctx.n_parts, started, ctx.done_before)
 
 
 def _skipped(stage: Stage, record: Mapping[str, Any], fingerprint: str) -> StageReport:
@@ -593,6 +606,7 @@ class CorpusContext:
         self.out = runner.out
         self.store = runner.store
         self.markers: dict[int, dict[str, Any]] = {}
+        self.done_before = 0  # parts an earlier, interrupted run finished (see resume)
 
     @property
     def n_parts(self) -> int:
@@ -605,6 +619,15 @@ class CorpusContext:
         """Record a part written by :func:`commit_corpus_part` (usually on a worker)."""
         self.markers[index] = marker
 
+    def resume(self, index: int) -> bool:
+        """Keep part ``index`` when an earlier run finished it with this fingerprint; say whether it did."""
+        marker = self.store.read_json(self.store.marker_path(self.stage.name, index))
+        if not marker or marker.get("fingerprint") != self.fingerprint or self.runner.force:
+            return False
+        self.markers[index] = marker
+        self.done_before += 1
+        return True
+
 
 def commit_corpus_part(
     out: str,
@@ -614,12 +637,19 @@ def commit_corpus_part(
     fingerprint: str,
     rows_in: int,
     rows_out: int,
+    *,
+    row_group_size: int | None = None,
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write one part of a corpus stage's outputs (callable on a worker)."""
+    """Write one part of a corpus stage's outputs (callable on a worker).
+
+    ``extra`` joins the part's marker (what the stage's own index needs later).
+    """
     started = time.perf_counter()
     stage = get_stage(stage_name)
+    accounting = {"rows_in": rows_in, "rows_out": rows_out, **(extra or {})}
     return _commit_part(
-        Store(out), stage, index, tables, fingerprint, {"rows_in": rows_in, "rows_out": rows_out}, started
+        Store(out), stage, index, tables, fingerprint, accounting, started, row_group_size=row_group_size
     )
 
 
