@@ -1,5 +1,6 @@
 """``python -m pipeline.demo out=DIR n_reports=N [seed=S] [inject_bad_rows=true] [dicom_fraction=F]
-[images_per_study=X] [progress=true]``: write a demo dump and print what it holds.
+[images_per_study=X] [image_size=small|full] [image_format=dcm|dcm_j2k|jpg] [image_workers=N]
+[progress=true]``: write a demo dump and print what it holds.
 
 Exit status 0 on success, 2 on a usage error (unknown key, bad value, missing key, ``out`` not
 empty).
@@ -16,7 +17,8 @@ from pipeline.core.errors import PipelineError, did_you_mean
 
 USAGE = (
     "usage: python -m pipeline.demo out=DIR n_reports=N [seed=0] [inject_bad_rows=false] "
-    "[dicom_fraction=1.0] [images_per_study=1.65] [progress=<tty>]"
+    "[dicom_fraction=1.0] [images_per_study=1.65] [image_size=small|full] "
+    "[image_format=dcm|dcm_j2k|jpg] [image_workers=<auto>] [progress=<tty>]"
 )
 _TRUE = {"true", "1", "yes", "on"}
 _FALSE = {"false", "0", "no", "off"}
@@ -38,6 +40,9 @@ KEYS: dict[str, Callable[[str], Any]] = {
     "inject_bad_rows": _bool,
     "dicom_fraction": float,
     "images_per_study": float,
+    "image_size": str,  # values checked by generate_demo_dump (demo_bad_argument)
+    "image_format": str,
+    "image_workers": int,
     "progress": _bool,
 }
 REQUIRED = ("out", "n_reports")
@@ -99,8 +104,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         err.print(f"error: {exc}", markup=False, soft_wrap=True)
         return 2
     table = Table(title=f"demo dump in {summary.root}", show_header=False)
-    for name in ("reports", "report_files", "subjects", "images", "dicoms", "injected"):
-        table.add_row(name, f"{getattr(summary, name):,}")
+    for name in ("reports", "report_files", "subjects", "images", "dicoms", "jpgs", "injected"):
+        if name != "jpgs" or summary.jpgs:
+            table.add_row(name, f"{getattr(summary, name):,}")
     table.add_row("seconds", f"{summary.seconds:.1f}")
     table.add_row("truth", f"{summary.root}/{TRUTH_DIR}/")
     Console().print(table)

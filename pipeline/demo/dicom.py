@@ -1,7 +1,9 @@
-"""Small, valid synthetic chest X-ray DICOMs for the demo dump, and deliberately broken ones.
+"""Valid synthetic chest X-ray DICOMs (and JPGs) for the demo dump, and deliberately broken ones.
 
-Valid files are explicit VR little endian, uncompressed, Digital X-Ray (DX, For Presentation) or
-Computed Radiography (CR), with a chest-like picture of a few kilobytes. Every UID and pixel is a
+Valid files are Digital X-Ray (DX, For Presentation) or Computed Radiography (CR), explicit VR
+little endian uncompressed or JPEG 2000 lossless, with a chest-like picture that shows what the
+study's report states (``DicomSpec.findings``, drawn by :mod:`pipeline.demo.draw`): a few kilobytes
+at the demo's small sizes, MIMIC-CXR's size at about 2,500 x 3,000. Every UID and pixel is a
 function of the seed and the dicom_id, so the bytes are the same on every run (for one pydicom
 version: it writes its implementation version into the file meta). pydicom is imported here only,
 so a dump without DICOMs needs no ``[dicom]`` extra.
@@ -9,7 +11,6 @@ so a dump without DICOMs needs no ``[dicom]`` extra.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import io
 import random
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pipeline.core.errors import PipelineError
+from pipeline.demo import draw
 
 DX_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
 CR_STORAGE = "1.2.840.10008.5.1.4.1.1.1"  # Computed Radiography Image Storage
@@ -42,6 +44,8 @@ class DicomSpec:
     study_date: str  # YYYYMMDD
     study_time: str  # HHMMSS.FFF
     procedure: str
+    findings: tuple[draw.Drawn, ...] = ()  # what the image shows (pipeline.demo.draw), frontal or not
+    compression: str = ""  # "" uncompressed, "jpeg2000" JPEG 2000 lossless (COMPRESSIONS)
 
 
 def uid(seed: int, *parts: str) -> str:
@@ -50,46 +54,95 @@ def uid(seed: int, *parts: str) -> str:
     return "2.25." + str(int.from_bytes(digest[:16], "big") or 1)
 
 
-def _soft(e: np.ndarray, sharpness: float = 10.0) -> np.ndarray:
-    """1 inside an ellipse (e < 1), 0 outside, with a soft edge."""
-    return 1.0 / (1.0 + np.exp(np.minimum((e - 1.0) * sharpness, 60.0)))  # capped: no overflow warning
+WORKING_SIZE = 512  # larger images are drawn at most this size and interpolated up
+COMPRESSIONS = ("", "jpeg2000")  # uncompressed (explicit VR little endian), JPEG 2000 lossless
 
 
-@functools.lru_cache(maxsize=32)
-def _template(rows: int, columns: int, lateral: bool) -> np.ndarray:
-    """A chest-like picture in [0, 1] (bright bone and soft tissue, dark lungs), shared per shape."""
-    y, x = np.mgrid[-1.0 : 1.0 : rows * 1j, -1.0 : 1.0 : columns * 1j]
-    body = _soft((x / 0.92) ** 2 + ((y - 0.05) / 1.15) ** 2, 6.0)
-    img = 0.08 + 0.55 * body + 0.12 * (y + 1.0) / 2.0  # denser toward the abdomen
-    if lateral:
-        lung = _soft(((x + 0.05) / 0.5) ** 2 + ((y + 0.05) / 0.6) ** 2)
-        spine = _soft(((x - 0.62) / 0.12) ** 2 + (y / 1.1) ** 2)
-        heart = _soft(((x + 0.25) / 0.3) ** 2 + ((y - 0.35) / 0.3) ** 2)
-        img = img - 0.38 * lung + 0.3 * spine + 0.18 * heart
-    else:
-        lungs = _soft(((x + 0.4) / 0.28) ** 2 + ((y + 0.05) / 0.58) ** 2) + _soft(
-            ((x - 0.4) / 0.28) ** 2 + ((y + 0.05) / 0.58) ** 2
-        )
-        spine = _soft((x / 0.07) ** 2 + (y / 1.2) ** 2)
-        heart = _soft(((x - 0.08) / 0.27) ** 2 + ((y - 0.3) / 0.26) ** 2)
-        diaphragm = _soft((x / 0.9) ** 2 + ((y - 1.05) / 0.4) ** 2)
-        img = img - 0.4 * lungs + 0.22 * spine + 0.2 * heart + 0.2 * diaphragm
-        ribs = 0.04 * (np.sin(y * 18.0) > 0.6) * np.clip(lungs, 0.0, 1.0)
-        img = img + ribs
-    return np.clip(img, 0.0, 1.0).astype(np.float32)
+def _seed(spec: DicomSpec, stream: str) -> int:
+    return int.from_bytes(
+        hashlib.sha256(f"{spec.seed}/{spec.dicom_id}/{stream}".encode()).digest()[:8], "big"
+    )
+
+
+def _resize(img: np.ndarray, rows: int, columns: int) -> np.ndarray:
+    """Bilinear interpolation of ``img`` to ``rows`` x ``columns`` (corners kept).
+
+    Columns first, at the small row count; then whole rows are gathered and blended, which is
+    what keeps a full-size image cheap.
+    """
+
+    def axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.linspace(0.0, n_in - 1.0, n_out, dtype=np.float32)
+        lo = np.minimum(pos.astype(np.int64), max(n_in - 2, 0))
+        return lo, pos - lo
+
+    x0, wx = axis(img.shape[1], columns)
+    nxt = np.minimum(x0 + 1, img.shape[1] - 1)
+    wide = img[:, x0] + (img[:, nxt] - img[:, x0]) * wx
+    y0, wy = axis(img.shape[0], rows)
+    step = np.diff(wide, axis=0, append=wide[-1:])
+    out = wide[y0]
+    out += step[y0] * wy[:, None]
+    return out
+
+
+def picture(spec: DicomSpec) -> np.ndarray:
+    """The image of ``spec`` in [0, 1] as displayed (bright is dense), before quantisation.
+
+    Drawn at the stored size up to :data:`WORKING_SIZE` pixels a side, larger images at a size
+    that fits and interpolated up (so full-size files cost little more than small ones), then the
+    per-image exposure and noise. The drawings come from their own stream (``draw``); the exposure
+    and noise from the ``pixels`` stream, so the same image with and without findings differs only
+    by what is drawn.
+    """
+    lateral = spec.view in ("LATERAL", "LL")
+    factor = max(1, -(-max(spec.rows, spec.columns) // WORKING_SIZE))
+    rows, columns = -(-spec.rows // factor), -(-spec.columns // factor)
+    anat = draw.anatomy(rows, columns, lateral)
+    img = anat.base
+    if spec.findings:
+        img = draw.render(anat, spec.findings, lateral, np.random.default_rng(_seed(spec, "draw")))
+    if factor > 1:
+        img = _resize(img, spec.rows, spec.columns)
+    rng = np.random.default_rng(_seed(spec, "pixels"))
+    sigma = 0.015 if factor == 1 else 0.005  # full-size films are less grainy per pixel
+    gain, offset = rng.uniform(0.85, 1.1), rng.uniform(-0.04, 0.04)
+    # Uniform noise of standard deviation sigma from bytes: ten times cheaper than normal draws.
+    noise = rng.integers(0, 256, img.shape, dtype=np.uint8).astype(np.float32)
+    noise *= np.float32(sigma * np.sqrt(12.0) / 256.0)
+    noise += img * np.float32(gain) + np.float32(offset - sigma * np.sqrt(3.0))
+    return np.clip(noise, 0.0, 1.0, out=noise)
 
 
 def pixel_array(spec: DicomSpec) -> np.ndarray:
     """The stored pixel values of ``spec`` (uint16 for 12 bits stored, else uint8)."""
-    base = _template(spec.rows, spec.columns, spec.view in ("LATERAL", "LL"))
-    seed = int.from_bytes(hashlib.sha256(f"{spec.seed}/{spec.dicom_id}/pixels".encode()).digest()[:8], "big")
-    rng = np.random.default_rng(seed)
-    img = base * rng.uniform(0.85, 1.1) + rng.uniform(-0.04, 0.04) + rng.normal(0.0, 0.015, base.shape)
     max_value = (1 << spec.bits_stored) - 1
-    values = np.clip(img, 0.0, 1.0) * max_value
+    values = picture(spec) * np.float32(max_value)
     if spec.photometric == "MONOCHROME1":  # stored inverted: high values display dark
         values = max_value - values
-    return values.round().astype(np.uint16 if spec.bits_stored > 8 else np.uint8)
+    return np.rint(values).astype(np.uint16 if spec.bits_stored > 8 else np.uint8)
+
+
+def jpg_bytes(spec: DicomSpec, quality: int = 95) -> bytes:
+    """The image of ``spec`` as MIMIC-CXR-JPG has it: 8-bit grey, histogram-equalised, JPEG.
+
+    Photometric interpretation and bits stored do not matter here: a JPG is what is displayed.
+    Raises ``PipelineError`` (``demo_needs_pillow``) without Pillow.
+    """
+    try:
+        from PIL import Image
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise PipelineError(
+            "demo_needs_pillow", "writing demo JPGs needs Pillow: pip install 'clip2clinic[dicom]'"
+        ) from exc
+    grey = np.rint(picture(spec) * 255.0).astype(np.uint8)
+    counts = np.bincount(grey.ravel(), minlength=256)
+    cdf = np.cumsum(counts)
+    low = cdf[counts > 0][0]
+    lut = np.clip(np.rint((cdf - low) * 255.0 / max(int(cdf[-1] - low), 1)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(lut[grey], mode="L").save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
 
 
 def _pydicom():  # type: ignore[no-untyped-def]
@@ -155,8 +208,14 @@ def dicom_bytes(spec: DicomSpec) -> bytes:
     center = (1 << spec.bits_stored) // 2
     ds.WindowCenter = center
     ds.WindowWidth = 2 * center
-    ds.PixelData = pixel_array(spec).tobytes()
-    ds["PixelData"].VR = "OW" if spec.bits_stored > 8 else "OB"
+    pixels = pixel_array(spec)
+    if spec.compression == "jpeg2000":
+        ds.compress(pydicom.uid.JPEG2000Lossless, pixels, encoding_plugin="pylibjpeg")
+    elif spec.compression:
+        raise ValueError(f"unknown compression {spec.compression!r}, expected one of {COMPRESSIONS}")
+    else:
+        ds.PixelData = pixels.tobytes()
+        ds["PixelData"].VR = "OW" if spec.bits_stored > 8 else "OB"
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()

@@ -11,23 +11,27 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import datetime as dt
 import gzip
 import io
 import json
 import logging
 import math
+import multiprocessing
 import os
 import random
 import shutil
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pipeline.core.errors import PipelineError
+from pipeline.core.errors import PipelineError, did_you_mean
 from pipeline.demo import dicom as dcm
+from pipeline.demo import draw
 from pipeline.demo.inject import DICOM_KINDS, INJECTED_KINDS, REPORT_KINDS, UNLABELED_KINDS, corrupt_report
 from pipeline.demo.phrases import OBSERVATIONS, load_phrase_bank
 from pipeline.demo.text import ComposedReport, ReportWriter, StudyContext
@@ -54,6 +58,19 @@ LABEL_COLUMNS: tuple[str, ...] = ("subject_id", "study_id", *OBSERVATIONS)
 RECORD_COLUMNS: tuple[str, ...] = ("subject_id", "study_id", "dicom_id", "path")
 STUDY_COLUMNS: tuple[str, ...] = ("subject_id", "study_id", "path")
 TRUTH_DIR = "demo_truth"
+# demo_truth/drawn.csv.gz: one row per thing an image shows (images without a file included).
+DRAWN_COLUMNS: tuple[str, ...] = (
+    "dicom_id",
+    "subject_id",
+    "study_id",
+    "view_position",
+    "finding",
+    "side",
+    "zone",
+    "size",
+    "status",
+    "detail",
+)
 FILES = {
     "metadata": "mimic-cxr-2.0.0-metadata.csv.gz",
     "split": "mimic-cxr-2.0.0-split.csv.gz",
@@ -70,6 +87,18 @@ _VIEW_MEANING = {
     "": "",
 }
 _SIZES = ((128, 128), (128, 104), (128, 96), (104, 128), (112, 112), (64, 64))
+# image_size=full: each small shape stands for one of MIMIC-CXR's common full-size shapes (rows, columns).
+_FULL_SIZES = {
+    (128, 128): (2544, 3056),
+    (128, 104): (3056, 2544),
+    (128, 96): (3050, 2539),
+    (104, 128): (2539, 3050),
+    (112, 112): (3000, 2500),
+    (64, 64): (2500, 3000),
+}
+IMAGE_SIZES = ("small", "full")
+# dcm: uncompressed DICOM; dcm_j2k: JPEG 2000 lossless DICOM; jpg: MIMIC-CXR-JPG's <dicom_id>.jpg
+IMAGE_FORMATS = ("dcm", "dcm_j2k", "jpg")
 _SPLITS = (("train", 0.90), ("validate", 0.04), ("test", 0.06))
 _EPOCH = dt.date(2110, 1, 1).toordinal()
 
@@ -80,7 +109,7 @@ class DemoSummary:
 
     ``reports`` counts rows of the study list (``n_reports`` plus injected duplicates),
     ``report_files`` the ``.txt`` files, ``images`` the metadata rows, ``dicoms`` the valid
-    ``.dcm`` files, ``injected`` the rows of ``demo_truth/injected.csv``.
+    ``.dcm`` files, ``jpgs`` the ``.jpg`` files, ``injected`` the rows of ``demo_truth/injected.csv``.
     """
 
     root: str
@@ -91,6 +120,7 @@ class DemoSummary:
     dicoms: int
     injected: int
     seconds: float
+    jpgs: int = 0  # .jpg files (image_format="jpg")
 
 
 @dataclass(slots=True)
@@ -294,7 +324,14 @@ def _negbio(
 
 
 def _validate(
-    n_reports: int, seed: int, images_per_study: float, dicom_fraction: float, inject: bool
+    n_reports: int,
+    seed: int,
+    images_per_study: float,
+    dicom_fraction: float,
+    inject: bool,
+    image_size: str = "small",
+    image_format: str = "dcm",
+    image_workers: int | None = None,
 ) -> None:
     def bad(message: str) -> PipelineError:
         return PipelineError("demo_bad_argument", message)
@@ -313,6 +350,21 @@ def _validate(
         raise bad(
             f"inject_bad_rows needs n_reports >= 20 to leave clean reports beside the bad ones, got {n_reports}"
         )
+    for name, value, allowed in (
+        ("image_size", image_size, IMAGE_SIZES),
+        ("image_format", image_format, IMAGE_FORMATS),
+    ):
+        if value not in allowed:
+            raise bad(
+                f"{name} must be one of {', '.join(allowed)}, got {value!r}."
+                + did_you_mean(str(value), allowed)
+            )
+    if image_workers is not None and (
+        isinstance(image_workers, bool) or not isinstance(image_workers, int) or not 1 <= image_workers <= 256
+    ):
+        raise bad(
+            f"image_workers must be an integer from 1 to 256 (or None: automatic), got {image_workers!r}"
+        )
 
 
 def generate_demo_dump(
@@ -324,18 +376,40 @@ def generate_demo_dump(
     images_per_study: float = 1.65,
     dicom_fraction: float = 1.0,
     progress: bool = False,
+    image_size: str = "small",
+    image_format: str = "dcm",
+    image_workers: int | None = None,
 ) -> DemoSummary:
     """Write a synthetic MIMIC-CXR 2.0.0 dump of ``n_reports`` studies under ``root``.
 
     Same arguments, same bytes. ``root`` must not exist or be an empty folder; the dump appears
     there complete or not at all. The truth (labels per study, every asserted mention, injected
-    problems) goes to ``root/demo_truth/``, which readers of the dump must ignore.
+    problems, what each image shows) goes to ``root/demo_truth/``, which readers of the dump must
+    ignore.
+
+    Images show what their study's report states (``pipeline.demo.draw``). ``image_size``:
+    ``small`` (64 to 128 pixels a side, 8 or 12 bits stored) or ``full`` (about 2,500 x 3,000,
+    12 bits stored, as MIMIC-CXR's; the metadata's Rows and Columns say so). ``image_format``:
+    ``dcm`` (uncompressed DICOM), ``dcm_j2k`` (JPEG 2000 lossless DICOM) or ``jpg`` (MIMIC-CXR-JPG:
+    ``<dicom_id>.jpg``, 8-bit, histogram-equalised, in the same folders, no ``.dcm``; injected
+    corrupt DICOMs stay ``.dcm``). ``image_workers``: processes writing images (None: one for
+    small images, up to 8 for full-size ones). Neither option changes a byte of the text, the
+    labels or the mentions.
 
     Raises ``PipelineError``: ``demo_bad_argument`` for an argument out of range,
     ``demo_root_exists`` when ``root`` holds files, ``demo_needs_pydicom`` when DICOMs are asked
     for without pydicom installed.
     """
-    _validate(n_reports, seed, images_per_study, dicom_fraction, inject_bad_rows)
+    _validate(
+        n_reports,
+        seed,
+        images_per_study,
+        dicom_fraction,
+        inject_bad_rows,
+        image_size,
+        image_format,
+        image_workers,
+    )
     start = time.perf_counter()
     root = Path(root)
     if root.exists() and (not root.is_dir() or any(root.iterdir())):
@@ -357,6 +431,9 @@ def generate_demo_dump(
             images_per_study=float(images_per_study),
             dicom_fraction=float(dicom_fraction),
             progress=progress,
+            image_size=image_size,
+            image_format=image_format,
+            image_workers=image_workers,
         )
         if root.exists():
             root.rmdir()  # empty, checked above
@@ -390,10 +467,19 @@ def _write_dump(
     images_per_study: float,
     dicom_fraction: float,
     progress: bool,
+    image_size: str = "small",
+    image_format: str = "dcm",
+    image_workers: int | None = None,
 ) -> dict[str, int]:
     bank = load_phrase_bank()
     subjects = _plan(n_reports, seed, images_per_study, dicom_fraction)
     studies = [s for subject in subjects for s in subject]
+    if image_size == "full":  # after the plan: its random stream is the same either way
+        for study in studies:
+            for im in study.images:
+                im.rows, im.columns = _FULL_SIZES[(im.rows, im.columns)]
+                im.bits_stored = 12
+    scenes: dict[str, tuple[draw.Drawn, ...]] = {}  # study_id -> what its images show
     writer = ReportWriter(bank, random.Random(f"clip2clinic-demo/{seed}/text"))
     negbio_rng = random.Random(f"clip2clinic-demo/{seed}/negbio")
     truth = out / TRUTH_DIR
@@ -473,6 +559,12 @@ def _write_dump(
                         line_placement="LINE PLACEMENT" in study.procedure,
                     )
                     report = writer.compose(state, ctx)
+                    # Each study's own draw stream: picks only places the report leaves open.
+                    drawn = draw.scene(
+                        report.mentions, random.Random(f"clip2clinic-demo/{seed}/draw/{study.study_id}")
+                    )
+                    if drawn:
+                        scenes[study.study_id] = drawn
                     negbio, changed = _negbio(report.labels, negbio_rng)
                     kind = report_targets.get(study.study_id)
                     path = report_path(study.subject_id, study.study_id)
@@ -540,15 +632,18 @@ def _write_dump(
     finally:
         stop()
 
-    dicoms = _write_images(out, studies, seed, image_targets, injected, inj_rng)
+    dicoms, jpgs = _write_images(
+        out, studies, seed, image_targets, injected, inj_rng, scenes, image_format, image_size, image_workers
+    )
     _write_tables(out, studies, duplicates, label_rows)
-    _write_truth(out, studies, label_rows, disagreements, injected)
+    _write_truth(out, studies, label_rows, disagreements, injected, scenes, image_format)
     counts = {
         "reports": len(studies) + len(duplicates),
         "report_files": report_files,
         "subjects": len(subjects),
         "images": sum(len(s.images) for s in studies),
         "dicoms": dicoms,
+        "jpgs": jpgs,
         "injected": len(injected),
     }
     params = {
@@ -561,11 +656,25 @@ def _write_dump(
             "inject_bad_rows": inject,
             "images_per_study": images_per_study,
             "dicom_fraction": dicom_fraction,
+            "image_size": image_size,
+            "image_format": image_format,
         },
         "counts": counts,
     }
     (truth / "params.json").write_text(json.dumps(params, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return counts
+
+
+def _write_image(task: tuple[str, dcm.DicomSpec, bool]) -> None:
+    """Write one valid image file (a DICOM, or a JPG when ``task[2]``); runs in worker processes too."""
+    path, spec, jpg = task
+    _write(Path(path), dcm.jpg_bytes(spec) if jpg else dcm.dicom_bytes(spec))
+
+
+def _image_workers(image_size: str, image_workers: int | None, n_files: int) -> int:
+    if image_workers is None:
+        image_workers = 1 if image_size == "small" else min(os.cpu_count() or 1, 8)
+    return max(1, min(image_workers, n_files // 4))  # a pool for a handful of files costs more than it saves
 
 
 def _write_images(
@@ -575,10 +684,22 @@ def _write_images(
     targets: dict[str, str],
     injected: list[_Injected],
     rng: random.Random,
-) -> int:
-    """Write the selected DICOMs (and the corrupt ones); returns the number of valid files."""
-    valid = 0
+    scenes: dict[str, tuple[draw.Drawn, ...]],
+    image_format: str = "dcm",
+    image_size: str = "small",
+    image_workers: int | None = None,
+) -> tuple[int, int]:
+    """Write the selected images (and the corrupt DICOMs); returns the numbers of valid DICOMs and JPGs.
+
+    Corrupt DICOMs are made here in study order (they draw on the injection stream) and stay
+    uncompressed ``.dcm`` files whatever ``image_format``; valid files go to worker processes when
+    there are several.
+    """
+    jpg = image_format == "jpg"
+    compression = "jpeg2000" if image_format == "dcm_j2k" else ""
+    tasks: list[tuple[str, dcm.DicomSpec, bool]] = []
     for study in studies:
+        scene = scenes.get(study.study_id, ())
         for number, im in enumerate(study.images, 1):
             kind = targets.get(im.dicom_id)
             if not im.has_dcm and kind is None:
@@ -600,10 +721,14 @@ def _write_images(
                 study_date=study.date,
                 study_time=_dicom_time(study.seconds),
                 procedure=study.procedure,
+                findings=draw.projected(scene, im.view in ("LATERAL", "LL")),
             )
             if kind is None:
-                _write(out / path, dcm.dicom_bytes(spec))
-                valid += 1
+                if jpg:
+                    path = path[: -len(".dcm")] + ".jpg"
+                else:
+                    spec = dataclasses.replace(spec, compression=compression)
+                tasks.append((str(out / path), spec, jpg))
                 continue
             if kind == "random_bytes_dicom":
                 data = dcm.random_bytes(rng)
@@ -617,7 +742,15 @@ def _write_images(
             injected.append(
                 _Injected(kind, study.subject_id, study.study_id, im.dicom_id, path, f"{len(data)} bytes")
             )
-    return valid
+    workers = _image_workers(image_size, image_workers, len(tasks))
+    if workers == 1:
+        for task in tasks:
+            _write_image(task)
+    else:  # spawned, not forked: the caller may be a process with threads (a Dask client)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for _ in pool.map(_write_image, tasks, chunksize=max(1, min(16, len(tasks) // (4 * workers)))):
+                pass
+    return (0, len(tasks)) if jpg else (len(tasks), 0)
 
 
 def _write_tables(
@@ -678,8 +811,12 @@ def _write_truth(
     label_rows: list[tuple[Any, ...]],
     disagreements: list[tuple[str, str, str, Any, Any]],
     injected: list[_Injected],
+    scenes: dict[str, tuple[draw.Drawn, ...]] | None = None,
+    image_format: str = "dcm",
 ) -> None:
     truth = out / TRUTH_DIR
+    scenes = scenes or {}
+    file_format = "jpg" if image_format == "jpg" else "dcm"
     rows = sorted(label_rows, key=lambda r: (r[0], r[1]))
     with _plain_csv(
         truth / "labels.csv", ("subject_id", "study_id", "report_kind", "label_section", *OBSERVATIONS)
@@ -706,34 +843,48 @@ def _write_truth(
                     item.detail,
                 )
             )
-    with _gz_csv(
-        truth / "images.csv.gz",
-        (
-            "dicom_id",
-            "subject_id",
-            "study_id",
-            "has_dcm",
-            "view_position",
-            "rows",
-            "columns",
-            "modality",
-            "photometric_interpretation",
-            "bits_stored",
-        ),
-    ) as w:
+    with (
+        _gz_csv(
+            truth / "images.csv.gz",
+            (
+                "dicom_id",
+                "subject_id",
+                "study_id",
+                "has_dcm",
+                "view_position",
+                "rows",
+                "columns",
+                "modality",
+                "photometric_interpretation",
+                "bits_stored",
+                "file_format",  # dcm, jpg, or empty: no valid image file
+                "drawn",  # what the image shows: finding:side:zone:status, ";"-separated (pipeline.demo.draw)
+            ),
+        ) as w,
+        _gz_csv(truth / "drawn.csv.gz", DRAWN_COLUMNS) as long,
+    ):
         for s in sorted(studies, key=lambda s: (s.subject_id, s.study_id)):
+            scene = scenes.get(s.study_id, ())
             for im in s.images:
+                shown = draw.projected(scene, im.view in ("LATERAL", "LL"))
                 w.writerow(
                     (
                         im.dicom_id,
                         s.subject_id,
                         s.study_id,
-                        int(im.has_dcm),
+                        int(im.has_dcm and file_format == "dcm"),
                         im.view,
                         im.rows,
                         im.columns,
                         im.modality,
                         im.photometric,
                         im.bits_stored,
+                        file_format if im.has_dcm else "",
+                        ";".join(d.label() for d in shown),
                     )
                 )
+                for d in shown:
+                    long.writerow(
+                        (im.dicom_id, s.subject_id, s.study_id, im.view, d.finding, d.side, d.zone)
+                        + (f"{d.size:.2f}", d.status, d.detail)
+                    )

@@ -25,6 +25,8 @@ class DatasetConfig:
     n_reports: int = 200
     seed: int = 0
     inject_bad_rows: bool = False
+    image_size: str = "small"  # small (64-128 px) or full (about 2,500 x 3,000, 12 bits stored)
+    image_format: str = "dcm"  # dcm (uncompressed), dcm_j2k (JPEG 2000 lossless) or jpg (MIMIC-CXR-JPG)
 
 
 @dataclass(frozen=True)

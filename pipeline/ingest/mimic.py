@@ -79,7 +79,8 @@ def ensure_demo(config: IngestConfig) -> None:
     """Generate the demo dump into ``dataset.root`` when it is absent or an empty folder.
 
     Raises PipelineError(E_DUMP_MISSING) without a root, or for a remote root that does not
-    exist (the generator writes local files only).
+    exist (the generator writes local files only); PipelineError(demo_bad_argument) for a
+    demo setting out of range (``image_size``, ``image_format``, ...).
     """
     ds = config.dataset
     if not ds.root:
@@ -96,7 +97,14 @@ def ensure_demo(config: IngestConfig) -> None:
     from pipeline.demo import generate_demo_dump  # the demo generator is only needed here
 
     log.info("generating a demo dump of %d reports into %s", ds.n_reports, root.path)
-    generate_demo_dump(root.path, n_reports=ds.n_reports, seed=ds.seed, inject_bad_rows=ds.inject_bad_rows)
+    generate_demo_dump(
+        root.path,
+        n_reports=ds.n_reports,
+        seed=ds.seed,
+        inject_bad_rows=ds.inject_bad_rows,
+        image_size=ds.image_size,
+        image_format=ds.image_format,
+    )
 
 
 class _Paths:
