@@ -55,6 +55,10 @@ class PipelineError(Exception):
         self.code = code
         self.message = message
 
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        # Raised on a Dask worker, it must reach the client whole (code and message).
+        return (type(self), (self.code, self.message))
+
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """A ' Did you mean ...?' suffix for ``word`` among ``choices``, or the list of choices."""

@@ -91,6 +91,9 @@ class Stage:
     # Each part writes only the outputs it returns (a training shard belongs to one split's
     # folder), instead of an empty file in every other output.
     sparse_outputs: bool = False
+    # Rows per Parquet row group of the outputs (None: one per part); large binary columns
+    # (PNGs) read back in pieces instead of hundreds of MB at once.
+    row_group_size: int | None = None
 
     @property
     def id(self) -> str:
@@ -131,6 +134,7 @@ def map_stage(
     key: str = "report_id",
     optional_outputs: tuple[str, ...] = (),
     optional_inputs: tuple[str, ...] = (),
+    row_group_size: int | None = None,
 ) -> Callable[[Callable[..., dict[str, pa.Table]]], Callable[..., dict[str, pa.Table]]]:
     """Register a partition-wise stage.
 
@@ -139,6 +143,7 @@ def map_stage(
     different kinds go to different datasets) or in ``rejects``.
     ``optional_outputs`` may be absent from the function's result on some runs (the runner writes
     them empty). ``optional_inputs`` are passed in ``tables`` only when complete in the run.
+    ``row_group_size`` caps the rows per Parquet row group of the outputs.
     """
     _check_config(config)
 
@@ -157,6 +162,7 @@ def map_stage(
                 optional_outputs=optional_outputs,
                 description=(fn.__doc__ or "").strip().split("\n")[0],
                 optional_inputs=optional_inputs,
+                row_group_size=row_group_size,
             )
         )
         return fn

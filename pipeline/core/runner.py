@@ -295,7 +295,9 @@ def run_map_part(
             f"unknown: {sorted((keys_out | keys_rejected) - keys_in)[:5]})",
         )
     accounting = {"rows_in": len(keys_in), "rows_out": len(keys_out)}
-    return _commit_part(store, stage, index, tables, fingerprint, accounting, started)
+    return _commit_part(
+        store, stage, index, tables, fingerprint, accounting, started, row_group_size=stage.row_group_size
+    )
 
 
 # -- client side ---------------------------------------------------------------------------------
