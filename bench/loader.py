@@ -2,7 +2,7 @@
 tokenisation, over 1 and 2 workers, the per-stage cost in one process, and the neighbour share the
 loader delivers.
 
-    .venv/bin/python bench/loader.py                      # synthetic shards of 512-px PNGs
+    .venv/bin/python bench/loader.py [--image-size 512]   # synthetic shards of 256-px PNGs (the default)
     .venv/bin/python bench/loader.py --shards RUN/shards/train --workers 1,2,4
 
 Prints figures, asserts nothing. The synthetic shards come from tests/shard_fixtures.py (chest-like
@@ -107,6 +107,12 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--resolution", type=int, default=224)
     parser.add_argument("--channels", type=int, default=3)
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=256,
+        help="synthetic: PNG side (stages.shards.image_size; 256 is the shards default, 512 the images stage's)",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,7 +127,7 @@ def main() -> None:
                 n_groups=args.groups,
                 groups_per_shard=50,
                 row_group_size=128,
-                image_size=512,
+                image_size=args.image_size,
                 distinct_images=48,
                 clinical_dim=64,
                 graph_dim=128,

@@ -279,3 +279,21 @@ def test_resume_rebuilds_only_the_lost_shard(tmp_path: Path, demo_run: Path, das
     for name, table in before.items():
         assert pq.read_table(out / "shards" / "train" / name).equals(table)
     assert runner.run_stage(stage, cfg.stage_config("shards")).status == "skipped"
+
+
+def test_shrink_png_keeps_aspect_never_enlarges_and_is_deterministic() -> None:
+    import io
+
+    from PIL import Image
+
+    from pipeline.shards.stage import shrink_png
+
+    rng = np.random.default_rng(0)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (600, 500), dtype=np.uint8)).save(buffer, "PNG")
+    data, height, width = shrink_png(buffer.getvalue(), 256)
+    assert (height, width) == (307, 256)
+    assert Image.open(io.BytesIO(data)).size == (256, 307)
+    assert shrink_png(buffer.getvalue(), 256)[0] == data
+    same = shrink_png(data, 300)  # shorter side 256 <= 300: untouched
+    assert same == (data, 307, 256)

@@ -23,6 +23,7 @@ of the same fingerprint.
 
 from __future__ import annotations
 
+import io
 import logging
 import math
 import posixpath
@@ -35,6 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from distributed import as_completed
+from PIL import Image
 
 from pipeline.core.errors import PipelineError, reject_table
 from pipeline.core.io import Store, read_dataset
@@ -107,6 +109,10 @@ def check_config(config: ShardsConfig) -> None:
         problems.append("shard_size, row_group_size and group_size must be >= 1")
     if not 0.0 <= config.neighbor_share <= 1.0:
         problems.append(f"neighbor_share must be in [0, 1], got {config.neighbor_share}")
+    if config.image_size is not None and config.image_size < 16:
+        problems.append(
+            f"image_size must be >= 16 (or null to keep the images stage's size), got {config.image_size}"
+        )
     if config.neighbors < 0:
         problems.append("neighbors must be >= 0")
     if not config.text_sections:
@@ -322,8 +328,26 @@ def _plan(out: str, config: ShardsConfig, token: str) -> dict[str, Any]:
 # -- step 2: buckets -----------------------------------------------------------------------------
 
 
-def _bucket(out: str, token: str, images_part: int, plan_group: int) -> dict[str, Any]:
-    """Worker task: one ``images`` part's pixels, ordered by (shard, position), a row group per shard."""
+def shrink_png(data: bytes, size: int) -> tuple[bytes, int, int]:
+    """``data`` resized (antialiased) so its shorter side is ``size``, unless already no larger.
+
+    Returns (PNG bytes, height, width); deterministic for the same input (no metadata chunks).
+    """
+    with Image.open(io.BytesIO(data)) as image:
+        width, height = image.size
+        if min(width, height) <= size:
+            return data, height, width
+        scale = size / min(width, height)
+        target = (max(1, round(width * scale)), max(1, round(height * scale)))
+        small = image.convert("L").resize(target, Image.Resampling.LANCZOS, reducing_gap=2.0)
+    buffer = io.BytesIO()
+    small.save(buffer, "PNG", compress_level=6)
+    return buffer.getvalue(), target[1], target[0]
+
+
+def _bucket(out: str, token: str, images_part: int, plan_group: int, config: ShardsConfig) -> dict[str, Any]:
+    """Worker task: one ``images`` part's pixels (shrunk to ``image_size``), ordered by (shard,
+    position), a row group per shard."""
     store = Store(out)
     with store.fs.open(_staging(store, f"{token}-plan.parquet"), "rb") as fh:
         plan = pq.ParquetFile(fh).read_row_group(plan_group, columns=["image_id", "shard", "position"])
@@ -333,14 +357,20 @@ def _bucket(out: str, token: str, images_part: int, plan_group: int) -> dict[str
         raise PipelineError(
             "E_INPUT_CHANGED", f"images part {images_part} changed under the shards stage; rerun it."
         )
+    png, height, width = images["png"].take(at), images["height"].take(at), images["width"].take(at)
+    if config.image_size:
+        shrunk = [shrink_png(data, config.image_size) for data in png.to_pylist()]
+        png = pa.array([s[0] for s in shrunk], pa.binary())
+        height = pa.array([s[1] for s in shrunk], pa.int32())
+        width = pa.array([s[2] for s in shrunk], pa.int32())
     table = pa.table(
         {
             "image_id": plan["image_id"],
             "shard": plan["shard"],
             "position": plan["position"],
-            "png": images["png"].take(at),
-            "height": images["height"].take(at),
-            "width": images["width"].take(at),
+            "png": png,
+            "height": height,
+            "width": width,
         }
     )
     table = table.take(pc.sort_indices(table, [("shard", "ascending"), ("position", "ascending")]))
@@ -450,7 +480,7 @@ def shards(ctx: CorpusContext, *, config: ShardsConfig) -> None:
         buckets: dict[int, list[tuple[int, int]]] = {}
         futures = [
             ctx.client.submit(
-                _bucket, ctx.out, token, int(p), g, key=f"{STAGE}-bucket-{token}-{p}", pure=False
+                _bucket, ctx.out, token, int(p), g, config, key=f"{STAGE}-bucket-{token}-{p}", pure=False
             )
             for p, g in sorted(summary["plan_groups"].items(), key=lambda kv: int(kv[0]))
         ]
