@@ -122,7 +122,7 @@ def test_real_dicoms(shared_data):
         {"image_id": "mono2", "path": str(mono2)},
         {"image_id": "mono1", "path": str(siim / "Fake_MONOHR1.dcm")},
     ]
-    table, rejects = run_stage(shared_data, rows, ImagesConfig())  # default views: PA, AP
+    table, rejects = run_stage(shared_data, rows, ImagesConfig(unknown_view="keep"))  # views: PA, AP
     assert rejects.num_rows == 0, rejects.to_pylist()
     by_id = {r["image_id"]: r for r in table.drop_columns(["png"]).to_pylist()}
     assert by_id["nih"]["view_position"] is None  # no ViewPosition: kept (unknown_view=keep)
@@ -137,8 +137,9 @@ def test_real_dicoms(shared_data):
     assert np.abs((255 - mono1) - mono2_arr).max() <= 1
     assert lungs_darker(mono2_arr) and lungs_darker(255 - mono1) and not lungs_darker(mono1)
     assert lungs_darker(picture(table, "nih"))
-    excluded = run_stage(shared_data, rows[:1], ImagesConfig(unknown_view="exclude"))[1]
+    excluded = run_stage(shared_data, rows[:1], ImagesConfig())[1]  # unknown views: excluded by default
     assert excluded["reason_code"].to_pylist() == ["view_excluded"]
+    assert "unknown_view=keep" in excluded["detail"][0].as_py()
 
 
 def test_pydicom_data_rg1_monochrome1(tmp_path):
@@ -149,7 +150,9 @@ def test_pydicom_data_rg1_monochrome1(tmp_path):
         path = None
     if not path:
         pytest.skip("pydicom-data is not installed")
-    table, rejects = run_stage(tmp_path, [{"image_id": "rg1", "path": path}], ImagesConfig())
+    table, rejects = run_stage(
+        tmp_path, [{"image_id": "rg1", "path": path}], ImagesConfig(unknown_view="keep")
+    )
     assert rejects.num_rows == 0, rejects.to_pylist()
     row = table.drop_columns(["png"]).to_pylist()[0]
     assert row["window_source"] == "window" and row["photometric_interpretation"] == "MONOCHROME1"
@@ -258,7 +261,7 @@ def test_every_reject_reason(tmp_path):
     rows = [{"image_id": k, "path": p} for k, (p, _) in cases.items()]
     rows[-1]["view_position"] = "LL"
     rows.append({"image_id": "ok", "path": "ok.dcm"})
-    table, rejects = run_stage(tmp_path, rows, ImagesConfig())
+    table, rejects = run_stage(tmp_path, rows, ImagesConfig(unknown_view="keep"))
     got = dict(zip(rejects["row_id"].to_pylist(), rejects["reason_code"].to_pylist(), strict=True))
     assert got == {k: code for k, (_, code) in cases.items()}
     assert table["image_id"].to_pylist() == ["ok"]

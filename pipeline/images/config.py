@@ -16,16 +16,17 @@ class ImagesConfig:
 
     ``views``: ViewPosition values kept (case-insensitive), ``("all",)`` for every view. An image
     whose view is unknown (empty in the metadata CSV and, for a DICOM, no ViewPosition in its
-    header, as in NIH ChestX-ray14 or CheXpert files with no AP/PA) follows ``unknown_view``:
-    ``keep`` (default) decodes it and stores ``view_position`` null, so a later stage can still
-    drop it without decoding again; ``exclude`` rejects it as ``view_excluded``.
+    header: about 4% of MIMIC-CXR's images, some of them laterals) follows ``unknown_view``:
+    ``exclude`` (default) rejects it as ``view_excluded`` with a detail naming the setting, so a
+    frontal-only training set stays frontal; ``keep`` decodes it and stores ``view_position`` null
+    (for dumps that never record views, such as NIH ChestX-ray14's DICOMs).
     """
 
     # Filled from the run's `dataset=` by the config composer: images_meta.path is relative to
     # dataset.root (chexpert: the folder of train.csv, or of dataset.path).
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     views: tuple[str, ...] = ("PA", "AP")
-    unknown_view: str = "keep"  # keep | exclude: images whose view nobody recorded
+    unknown_view: str = "exclude"  # exclude | keep: images whose view nobody recorded
     size: int = 512  # shorter side of the stored PNG; smaller images are never enlarged
     min_side: int = 64  # shorter source side below this: bad_image_size (demo images are 64-128)
     max_side: int = 12000  # longer source side above this: bad_image_size (detectors are ~4300)

@@ -122,7 +122,9 @@ def check_view(view: str | None, config: ImagesConfig) -> None:
         return
     if view is None:
         if config.unknown_view == "exclude":
-            raise ImageProblem("view_excluded", "view unknown and stages.images.unknown_view=exclude")
+            raise ImageProblem(
+                "view_excluded", "view unknown (stages.images.unknown_view=keep decodes such images)"
+            )
         return
     if view not in kept:
         raise ImageProblem("view_excluded", f"view {view} is not in stages.images.views={list(config.views)}")
@@ -148,6 +150,8 @@ def picture_of(data: bytes, meta_view: str | None, config: ImagesConfig) -> tupl
         rows, columns = check_size(dicom.rows, dicom.columns, config)
         target = target_size(rows, columns, config.size)
         return decode_dicom(dicom, config), target
+    if meta_view is None:  # a JPG/PNG has no header to tell its view
+        check_view(None, config)
     im = open_raster(data)
     columns, rows = im.size
     check_size(rows, columns, config)
@@ -158,7 +162,8 @@ def picture_of(data: bytes, meta_view: str | None, config: ImagesConfig) -> tupl
 def decode_row(root: str | None, row: Mapping[str, Any], config: ImagesConfig) -> dict[str, Any]:
     """One images row for one images_meta row. Raises ImageProblem with the reject code."""
     meta_view = _view(row.get("view_position"))
-    check_view(meta_view, config)
+    if meta_view is not None:  # a known view is filtered before the file is read
+        check_view(meta_view, config)
     data = read_file(root, row.get("path"), config.dataset.name)
     declared = (row.get("file_format") or posixpath.splitext(row.get("path") or "")[1].lstrip(".")).lower()
     if declared == "dcm" and data and data[128:132] != b"DICM":
