@@ -201,8 +201,8 @@ def test_voi_lut_and_percentile_hand_computed(tmp_path):
         tmp_path, [{"image_id": "lut", "path": "lut.dcm"}, {"image_id": "ramp", "path": "ramp.dcm"}], cfg
     )
     assert rejects.num_rows == 0, rejects.to_pylist()
-    # the VOI LUT wins over the window; its output scaled by its first/last entries (0, 200)
-    assert picture(table, "lut").tolist() == [[0, 64], [128, 255]]
+    # the VOI LUT wins over the window; its output scaled by the descriptor's 8 bits
+    assert picture(table, "lut").tolist() == [[0, 50], [100, 200]]
     assert picture(table, "ramp").tolist() == np.rint(np.arange(16) / 15 * 255).reshape(4, 4).tolist()
     rows = {r["image_id"]: r for r in table.drop_columns(["png"]).to_pylist()}
     assert rows["lut"]["window_source"] == "voi_lut" and rows["lut"]["window_center"] is None
@@ -211,6 +211,27 @@ def test_voi_lut_and_percentile_hand_computed(tmp_path):
         2.5,
         15.0,
     )
+
+
+def test_voi_lut_longer_than_its_output_range_and_under_declared_depth(tmp_path):
+    # An 8-bit LUT of 4,096 entries (pydicom 3.0's apply_voi wraps its index at 256 here).
+    ramp8 = pydicom.Dataset()
+    ramp8.LUTDescriptor = [4096, 0, 8]
+    ramp8.add_new("LUTData", "US", [i // 16 for i in range(4096)])
+    pixels = np.array([[0, 1000], [2000, 4095]], np.uint16)
+    write_dicom(tmp_path / "lut8.dcm", pixels, BitsStored=12, VOILUTSequence=[ramp8])
+    # A 16-bit descriptor over 12-bit values (common in CR): scaled by the bits the values use;
+    # inputs beyond the last mapped value take the last entry.
+    short = pydicom.Dataset()
+    short.LUTDescriptor = [1000, 1000, 16]
+    short.add_new("LUTData", "US", [round(i * 4095 / 999) for i in range(1000)])
+    write_dicom(tmp_path / "lut16.dcm", np.array([[0, 1500], [1999, 3000]], np.uint16), BitsStored=12,
+                VOILUTSequence=[short])  # fmt: skip
+    rows = [{"image_id": "lut8", "path": "lut8.dcm"}, {"image_id": "lut16", "path": "lut16.dcm"}]
+    table, rejects = run_stage(tmp_path, rows, TINY)
+    assert rejects.num_rows == 0, rejects.to_pylist()
+    assert picture(table, "lut8").tolist() == [[0, 62], [125, 255]]
+    assert picture(table, "lut16").tolist() == [[0, 128], [255, 255]]
 
 
 # -- rejects ---------------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import posixpath
 import time
 import traceback
 import uuid
@@ -475,6 +476,7 @@ class Runner:
         done_before: int = 0,
     ) -> StageReport:
         keep = range(n_parts)
+        self._remove_stale_markers(stage, markers)
         for dataset in stage.outputs:
             if stage.sparse_outputs:  # a part index belongs to the outputs its marker names
                 self.store.remove_parts_except(
@@ -549,6 +551,17 @@ class Runner:
             datasets=datasets,
             fingerprint=fingerprint,
         )
+
+    def _remove_stale_markers(self, stage: Stage, markers: Mapping[int, dict[str, Any]]) -> None:
+        """Delete part markers of indices this run did not produce: their files are removed too,
+        and a later run with the old fingerprint must not take them for finished parts."""
+        folder = self.store.path("_state", stage.name)
+        if not self.store.fs.exists(folder):
+            return
+        for name in self.store.fs.ls(folder, detail=False):
+            base = posixpath.basename(name)
+            if base.startswith("part-") and base.endswith(".json") and int(base[5:10]) not in markers:
+                self.store.fs.rm(name)
 
     def _update_rejects_manifest(
         self, stage: Stage, by_dataset: Mapping[str, int], fingerprint: str, now: str
@@ -626,6 +639,8 @@ class CorpusContext:
         marker = self.store.read_json(self.store.marker_path(self.stage.name, index))
         if not marker or marker.get("fingerprint") != self.fingerprint or self.runner.force:
             return False
+        if not all(self.store.fs.exists(self.store.part_path(d, index)) for d in marker["rows"]):
+            return False  # a file of the part was deleted by hand: redo it
         self.markers[index] = marker
         self.done_before += 1
         return True

@@ -7,7 +7,7 @@ never becomes a Python value here, let alone an output.
 The display pipeline is the standard's: stored value -> modality LUT (rescale slope/intercept or
 Modality LUT Sequence) -> VOI LUT Sequence, else the first Window Center/Width (with its VOI LUT
 Function), else a percentile window -> MONOCHROME1 inverted. Each step is pydicom's own function
-(``apply_modality_lut``, ``apply_voi``, ``apply_windowing``), evaluated once on every value the
+(``apply_modality_lut``, ``apply_windowing``; the VOI LUT by our own look-up, see ``_voi_lut``), evaluated once on every value the
 pixel container can hold (65,536 for 16-bit pixels) with the bits above BitsStored ignored; the
 image is then one uint8 table look-up. That is the same result as applying the functions to the
 image, about 10x faster on a 2,500 x 3,000 12-bit radiograph, and it masks stray high bits.
@@ -24,7 +24,7 @@ import pydicom
 from PIL import Image
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi, apply_windowing, get_decoder
+from pydicom.pixels import apply_modality_lut, apply_windowing, get_decoder
 from pydicom.uid import UID
 
 from pipeline.images.common import ImageProblem, Picture, percentile_window, sample_stride, to_uint8
@@ -273,11 +273,7 @@ def _voi(modality: np.ndarray, ds: Dataset) -> tuple[np.ndarray | None, str, flo
     """
     voi_seq = ds.get("VOILUTSequence")
     if voi_seq and voi_seq[0].get("LUTDescriptor") and voi_seq[0].get("LUTData") is not None:
-        entries, first = int(voi_seq[0].LUTDescriptor[0]) or 1 << 16, int(voi_seq[0].LUTDescriptor[1])
-        # VOI LUT inputs are integers; clipping first keeps pydicom's uint16 index from wrapping.
-        values = np.clip(np.rint(modality), first - 1, first + entries).astype(np.int64)
-        y = apply_voi(np.concatenate([values, [first - 1, first + entries]]), ds, 0).astype(np.float64)
-        return _scaled(y), "voi_lut", None, None
+        return _voi_lut(modality, voi_seq[0], ds), "voi_lut", None, None
     if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
         center, width = (_first(ds.WindowCenter), _first(ds.WindowWidth))
         try:
@@ -289,6 +285,31 @@ def _voi(modality: np.ndarray, ds: Dataset) -> tuple[np.ndarray | None, str, flo
             return None, "", None, None
         return _scaled(y), "window", center, width
     return None, "", None, None
+
+
+def _voi_lut(modality: np.ndarray, item: Dataset, ds: Dataset) -> np.ndarray:
+    """The VOI LUT of PS3.3 C.11.2.1.1 applied to ``modality`` values, scaled to [0, 1].
+
+    Done here rather than by pydicom 3.0's ``apply_voi``, which indexes in the LUT's own dtype:
+    an 8-bit LUT of more than 256 entries (or inputs above a 16-bit one's range) wraps around.
+    Inputs below the first mapped value take the first entry, above the last the last. Output is
+    scaled by the descriptor's bit depth, except where the LUT's values plainly use fewer bits (a
+    16-bit descriptor over 12-bit values is common); a decreasing LUT keeps its orientation.
+    """
+    entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    if int(ds.get("PixelRepresentation") or 0) == 1 and first >= 1 << 15:
+        first -= 1 << 16  # the first mapped value is SS for signed pixels
+    data = item.LUTData
+    lut = (np.frombuffer(data, dtype="<u2") if isinstance(data, bytes) else np.asarray(data).ravel()).astype(
+        np.float64
+    )
+    lut = lut[: entries or 1 << 16]
+    index = np.clip(np.rint(modality) - first, 0, len(lut) - 1).astype(np.int64)
+    top = float((1 << bits) - 1) if bits > 0 else float(lut.max() or 1.0)
+    peak = float(lut.max())
+    if 0 < peak < top / 16:
+        top = float((1 << int(peak).bit_length()) - 1)
+    return lut[index] / top
 
 
 def _scaled(y: np.ndarray) -> np.ndarray:

@@ -27,6 +27,7 @@ import io
 import logging
 import math
 import posixpath
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -234,6 +235,7 @@ def _plan(out: str, config: ShardsConfig, token: str) -> dict[str, Any]:
         "report_id"
     )
     reject_rows += [(r, "no_image", f"report {r} has no decoded image") for r in imageless["report_id"]]
+    reject_rows.sort()  # joins keep no row order: the rejects part must not depend on it
 
     # Neighbour groups over the reports that make samples, then shards per split.
     reports = (
@@ -313,9 +315,11 @@ def _plan(out: str, config: ShardsConfig, token: str) -> dict[str, Any]:
     store.write_with(_staging(store, f"{token}-features.parquet"), write_features)
     rejects = reject_table(STAGE, STAGE, reject_rows)
     store.write_with(_staging(store, f"{token}-rejects.parquet"), lambda fh: pq.write_table(rejects, fh))
+    part_shards = plan.group_by("images_part").agg(pl.col("shard").unique().sort())
     summary = {
         "shards": shard_info.to_dicts(),
         "plan_groups": plan_groups,
+        "part_shards": {str(p): list(v) for p, v in part_shards.iter_rows()},
         "images": images.height,
         "samples": plan.height,
         "rejected": len(reject_rows),
@@ -350,7 +354,7 @@ def _bucket(out: str, token: str, images_part: int, plan_group: int, config: Sha
     position), a row group per shard."""
     store = Store(out)
     with store.fs.open(_staging(store, f"{token}-plan.parquet"), "rb") as fh:
-        plan = pq.ParquetFile(fh).read_row_group(plan_group, columns=["image_id", "shard", "position"])
+        plan = pq.ParquetFile(fh).read_row_group(plan_group)
     images = store.read_part("images", images_part).select(["image_id", "png", "height", "width"])
     at = pc.index_in(plan["image_id"], value_set=images["image_id"])
     if at.null_count:
@@ -363,16 +367,8 @@ def _bucket(out: str, token: str, images_part: int, plan_group: int, config: Sha
         png = pa.array([s[0] for s in shrunk], pa.binary())
         height = pa.array([s[1] for s in shrunk], pa.int32())
         width = pa.array([s[2] for s in shrunk], pa.int32())
-    table = pa.table(
-        {
-            "image_id": plan["image_id"],
-            "shard": plan["shard"],
-            "position": plan["position"],
-            "png": png,
-            "height": height,
-            "width": width,
-        }
-    )
+    # The plan's columns travel with the pixels, so a shard task reads nothing but its buckets.
+    table = plan.append_column("png", png).append_column("height", height).append_column("width", width)
     table = table.take(pc.sort_indices(table, [("shard", "ascending"), ("position", "ascending")]))
     shards = table["shard"].to_numpy()
     row_groups: dict[int, int] = {}
@@ -385,7 +381,10 @@ def _bucket(out: str, token: str, images_part: int, plan_group: int, config: Sha
                 row_groups[int(s)] = i
 
     store.write_with(_staging(store, f"{token}-bucket-{images_part:05d}.parquet"), write)
-    return {"images_part": images_part, "row_groups": row_groups}
+    result = {"images_part": images_part, "row_groups": row_groups}
+    # Written after the bucket: a resumed run reuses a bucket only when its map is there too.
+    store.write_json(_staging(store, f"{token}-bucket-{images_part:05d}.json"), result)
+    return result
 
 
 # -- step 3: shards ------------------------------------------------------------------------------
@@ -406,15 +405,12 @@ def _shard(
     for images_part, row_group in buckets:
         with store.fs.open(_staging(store, f"{token}-bucket-{images_part:05d}.parquet"), "rb") as fh:
             pieces.append(pq.ParquetFile(fh).read_row_group(row_group))
-    pixels = pa.concat_tables(pieces)
-    with store.fs.open(_staging(store, f"{token}-plan.parquet"), "rb") as fh:
-        plan = pq.read_table(fh, filters=[("shard", "=", shard)])
+    plan = pa.concat_tables(pieces)
+    plan = plan.take(pc.sort_indices(plan, [("position", "ascending")]))
     with store.fs.open(_staging(store, f"{token}-features.parquet"), "rb") as fh:
         features = pq.ParquetFile(fh).read_row_group(shard)
-    plan = plan.take(pc.sort_indices(plan, [("position", "ascending")]))
-    px = pc.index_in(plan["image_id"], value_set=pixels["image_id"])
     ft = pc.index_in(plan["report_id"], value_set=features["report_id"])
-    if px.null_count or ft.null_count:
+    if ft.null_count:
         raise PipelineError("E_STAGING", f"shard {shard}: staging files disagree; rerun with force=true.")
     columns: dict[str, Any] = {
         "image_id": plan["image_id"],
@@ -425,9 +421,9 @@ def _shard(
         "split_source": plan["split_source"],
         "group_id": plan["group_id"],
         "view_position": plan["view_position"],
-        "image": pixels["png"].take(px),
-        "image_height": pixels["height"].take(px),
-        "image_width": pixels["width"].take(px),
+        "image": plan["png"],
+        "image_height": plan["height"],
+        "image_width": plan["width"],
     }
     for name in FEATURE_COLUMNS:
         columns[name] = features[name].take(ft)
@@ -462,10 +458,14 @@ def shards(ctx: CorpusContext, *, config: ShardsConfig) -> None:
     check_config(config)
     store = ctx.store
     token = ctx.fingerprint[:16]  # staging of another fingerprint is never reused
+    for split in SPLITS:  # an index means "complete": none may survive while shards are rewritten
+        path = store.path("shards", split, INDEX)
+        if store.fs.exists(path):
+            store.fs.rm(path)
     summary = None if ctx.runner.force else store.read_json(_staging(store, f"{token}-plan.json"))
     if summary is None:
         summary = ctx.client.submit(
-            _plan, ctx.out, config, token, key=f"{STAGE}-plan-{token}", pure=False
+            _plan, ctx.out, config, token, key=f"{STAGE}-plan-{uuid.uuid4().hex[:8]}", pure=False
         ).result()
     shard_info = summary["shards"]
     log.info(
@@ -475,17 +475,31 @@ def shards(ctx: CorpusContext, *, config: ShardsConfig) -> None:
         summary["rejected"],
     )
     todo = [info for info in shard_info if not ctx.resume(info["shard"])]
+    run = uuid.uuid4().hex[:8]  # task keys must not collide with a failed earlier attempt
     rejects_index = len(shard_info)
     if todo:
+        wanted = {info["shard"] for info in todo}
         buckets: dict[int, list[tuple[int, int]]] = {}
-        futures = [
-            ctx.client.submit(
-                _bucket, ctx.out, token, int(p), g, config, key=f"{STAGE}-bucket-{token}-{p}", pure=False
+        futures = []
+        for p, g in sorted(summary["plan_groups"].items(), key=lambda kv: int(kv[0])):
+            if not wanted & set(summary["part_shards"].get(str(p), [])):
+                continue  # feeds only shards an earlier run finished
+            done = (
+                None
+                if ctx.runner.force
+                else store.read_json(_staging(store, f"{token}-bucket-{int(p):05d}.json"))
             )
-            for p, g in sorted(summary["plan_groups"].items(), key=lambda kv: int(kv[0]))
-        ]
-        for future in as_completed(futures):
-            result = future.result()
+            if done is not None:
+                futures.append(done)
+                continue
+            futures.append(
+                ctx.client.submit(
+                    _bucket, ctx.out, token, int(p), g, config, key=f"{STAGE}-bucket-{run}-{p}", pure=False
+                )
+            )
+        finished = [f for f in futures if isinstance(f, dict)]
+        pending = [f for f in futures if not isinstance(f, dict)]
+        for result in [*finished, *(f.result() for f in as_completed(pending))]:
             for s, rg in result["row_groups"].items():
                 buckets.setdefault(int(s), []).append((result["images_part"], rg))
         shard_futures = {
@@ -498,7 +512,7 @@ def shards(ctx: CorpusContext, *, config: ShardsConfig) -> None:
                 info["split"],
                 sorted(buckets[info["shard"]]),
                 config,
-                key=f"{STAGE}-{token}-{info['shard']}",
+                key=f"{STAGE}-{run}-{info['shard']}",
                 pure=False,
             ): info["shard"]
             for info in todo
@@ -508,13 +522,7 @@ def shards(ctx: CorpusContext, *, config: ShardsConfig) -> None:
     ctx.commit(
         rejects_index,
         ctx.client.submit(
-            _rejects,
-            ctx.out,
-            ctx.fingerprint,
-            token,
-            rejects_index,
-            key=f"{STAGE}-rejects-{token}",
-            pure=False,
+            _rejects, ctx.out, ctx.fingerprint, token, rejects_index, key=f"{STAGE}-rejects-{run}", pure=False
         ).result(),
     )
     write_indexes(ctx, config)
