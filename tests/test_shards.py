@@ -165,10 +165,11 @@ def test_samples_carry_their_own_reports_parts(demo_run: Path, shards: dict) -> 
     out = str(demo_run)
     labels = read_dataset(out, "labels").to_pylist()
     labels = {r["report_id"]: [r[o] for o in chexpert_observations()] for r in labels}
-    entities = read_dataset(out, "kg_entities", columns=["report_id", "text", "start"]).to_pylist()
-    texts: dict[str, list[tuple[int, str]]] = {}
+    columns = ["report_id", "entity_id", "text", "start", "end"]
+    entities = read_dataset(out, "kg_entities", columns=columns).to_pylist()
+    texts: dict[str, list[tuple[int, int, str, str]]] = {}
     for e in entities:
-        texts.setdefault(e["report_id"], []).append((e["start"], e["text"]))
+        texts.setdefault(e["report_id"], []).append((e["start"], e["end"], e["entity_id"], e["text"]))
     negated = read_dataset(
         out, "negated_reports", columns=["report_id", "negation", "template_set"]
     ).to_pylist()
@@ -186,11 +187,8 @@ def test_samples_carry_their_own_reports_parts(demo_run: Path, shards: dict) -> 
             rid = row["report_id"]
             assert row["labels"] == labels[rid]
             assert row["clinical_vector"] == pytest.approx(vectors[rid])
-            assert (
-                row["node_texts"] == [t for _, t in sorted(texts.get(rid, []), key=lambda x: x[0])]
-                or row["node_texts"]
-            )
-            assert sorted(row["node_texts"]) == sorted(t for _, t in texts.get(rid, []))
+            # nodes in entity offset order (start, end, entity_id), as the edge indices assume
+            assert row["node_texts"] == [e[3] for e in sorted(texts.get(rid, []))]
             n_nodes = len(row["node_concept_ids"])
             assert len(row["node_label_ids"]) == n_nodes
             assert all(0 <= i < n_nodes for i in row["edge_source"] + row["edge_target"])
