@@ -98,23 +98,45 @@ def decode_batch(
     """Decode and transform a batch of PNGs into a (B, C, R, R) float32 tensor, normalised.
 
     ``positions`` (B,) are the samples' indices in the split; they seed the augmentation.
-    Raises PIL.UnidentifiedImageError for bytes that are not an image.
+    Raises PIL.UnidentifiedImageError (or OSError) for bytes that are not a readable image.
     """
+    images, _good = _decode(pngs, positions, seed=seed, epoch=epoch, cfg=cfg, skip_bad=False)
+    return images
+
+
+def decode_valid(
+    pngs: Sequence[bytes], positions: np.ndarray, *, seed: int, epoch: int, cfg: AugmentConfig
+) -> tuple[torch.Tensor, np.ndarray]:
+    """As :func:`decode_batch`, but an undecodable image is left out instead of raising: returns
+    the images of the readable samples and a (B,) bool mask of which those are."""
+    return _decode(pngs, positions, seed=seed, epoch=epoch, cfg=cfg, skip_bad=True)
+
+
+def _decode(
+    pngs: Sequence[bytes], positions: np.ndarray, *, seed: int, epoch: int, cfg: AugmentConfig, skip_bad: bool
+) -> tuple[torch.Tensor, np.ndarray]:
     res = cfg.resolution
     out = np.empty((len(pngs), res, res), np.uint8)
+    good = np.ones(len(pngs), bool)
     for i, (data, pos) in enumerate(zip(pngs, positions, strict=True)):
-        im = Image.open(io.BytesIO(data))
-        if im.mode != "L":
-            im = im.convert("L")
-        if cfg.train:
-            out[i] = _train_view(im, np.random.default_rng([seed, epoch, int(pos)]), cfg)
-        else:
-            # Antialiased crop-and-resize in one pass over the box's pixels only.
-            out[i] = np.asarray(im.resize((res, res), Image.BILINEAR, box=_centre_box(*im.size)))
+        try:
+            im = Image.open(io.BytesIO(data))
+            if im.mode != "L":
+                im = im.convert("L")
+            if cfg.train:
+                out[i] = _train_view(im, np.random.default_rng([seed, epoch, int(pos)]), cfg)
+            else:
+                # Antialiased crop-and-resize in one pass over the box's pixels only.
+                out[i] = np.asarray(im.resize((res, res), Image.BILINEAR, box=_centre_box(*im.size)))
+        except (OSError, ValueError, Image.DecompressionBombError):  # UnidentifiedImageError is an OSError
+            if not skip_bad:
+                raise
+            good[i] = False
     mean, std = cfg.stats()
     # (x / 255 - mean) / std as one multiply-add; broadcasting replicates the channel.
     scale, shift = 1.0 / (255.0 * std), -mean / std
-    return torch.from_numpy(out).unsqueeze(1).to(torch.float32).mul(scale).add_(shift)
+    pixels = torch.from_numpy(out[good] if not good.all() else out)
+    return pixels.unsqueeze(1).to(torch.float32).mul(scale).add_(shift), good
 
 
 def _train_view(im: Image.Image, rng: np.random.Generator, cfg: AugmentConfig) -> np.ndarray:

@@ -46,7 +46,7 @@ import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from pipeline.train.augment import AugmentConfig, decode_batch
+from pipeline.train.augment import AugmentConfig, decode_valid
 from pipeline.train.plan import EpochPlan, Remainder, batches_of, group_runs, make_plan, worker_order
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ COLUMNS = (
     "graph_embedding",
     "node_concept_ids",
     "node_label_ids",
+    "node_texts",
     "edge_source",
     "edge_target",
     "edge_types",
@@ -373,12 +374,23 @@ class ShardDataset(IterableDataset):
 
         image (B, C, R, R) float32 normalised; text, report_ids, image_ids: lists of B str;
         labels (B, 14) float32, NaN for null; clinical_vector (B, D), graph_embedding (B, G)
-        float32; node_concept_ids, node_label_ids, node_batch (N,) int64; node_ptr (B + 1,);
-        edge_index (2, E) int64 (node indices in the batch); edge_types (E,) int64;
-        negated_reports: M str, negated_owner (M,) int64 (row of the sample); neighbor_ids: B
-        lists of str; positions (B,) int64 (index of the sample in the split: unique, for
-        gathering across ranks); group_ids (B,) int64; neighbor_share: float; state: dict.
+        float32; node_concept_ids, node_label_ids, node_batch (N,) int64; node_texts: N str (the
+        entities' texts, in node order); node_ptr (B + 1,); edge_index (2, E) int64 (node
+        indices in the batch); edge_types (E,) int64; negated_reports: M str, negated_owner (M,)
+        int64 (row of the sample); neighbor_ids: B lists of str; positions (B,) int64 (index of
+        the sample in the split: unique, for gathering across ranks); group_ids (B,) int64;
+        neighbor_share: float; bad_samples: int and bad_image_ids: list of str (undecodable images
+        left out of the batch); state: dict.
         """
+        image, good = decode_valid(
+            pngs, positions, seed=self.config.seed, epoch=epoch, cfg=self.config.augment
+        )
+        bad_ids: list[str] = []
+        if not good.all():  # skipped and counted, never a crash (the trainer bounds the share)
+            bad_ids = [i for i, ok in zip(t.column("image_id").to_pylist(), good, strict=True) if not ok]
+            log.warning("skipping %d undecodable image(s): %s", len(bad_ids), bad_ids[:5])
+            t = t.filter(pa.array(good))
+            positions = np.asarray(positions)[good]
         n = t.num_rows
         node_counts = pc.list_value_length(t.column("node_concept_ids")).to_numpy(zero_copy_only=False)
         node_ptr = np.concatenate([[0], np.cumsum(node_counts)]).astype(np.int64)
@@ -391,15 +403,16 @@ class ShardDataset(IterableDataset):
         report_ids = t.column("report_id").to_pylist()
         neighbor_ids = t.column("neighbor_ids").to_pylist()
         return {
-            "image": decode_batch(
-                pngs, positions, seed=self.config.seed, epoch=epoch, cfg=self.config.augment
-            ),
+            "image": image,
+            "bad_samples": len(bad_ids),
+            "bad_image_ids": bad_ids,
             "text": t.column("text").to_pylist(),
             "labels": torch.from_numpy(_matrix(t, "labels", n)),
             "clinical_vector": torch.from_numpy(_matrix(t, "clinical_vector", n)),
             "graph_embedding": torch.from_numpy(_matrix(t, "graph_embedding", n)),
             "node_concept_ids": torch.from_numpy(_flat(t, "node_concept_ids", np.int64)),
             "node_label_ids": torch.from_numpy(_flat(t, "node_label_ids", np.int64)),
+            "node_texts": pc.list_flatten(t.column("node_texts")).to_pylist(),
             "node_batch": torch.from_numpy(np.repeat(np.arange(n, dtype=np.int64), node_counts)),
             "node_ptr": torch.from_numpy(node_ptr),
             "edge_index": torch.from_numpy(edge_index),
@@ -533,27 +546,41 @@ class TokenizingCollate:
     """DataLoader ``collate_fn`` for ready batches: tokenises ``text`` (and ``negated_reports``)
     with any transformers tokenizer, padding to the longest in the batch, truncating at
     ``max_length``. Adds input_ids, attention_mask (B, L) int64 and negated_input_ids,
-    negated_attention_mask (M, L') int64. Runs in the worker processes."""
+    negated_attention_mask (M, L') int64; with ``node_texts=True`` also node_input_ids,
+    node_attention_mask (N, L'') int64 from the entity texts, truncated at ``node_max_length``
+    (entities are a few words; off by default, as only ``model.graph.use_text`` needs them).
+    Runs in the worker processes."""
 
-    def __init__(self, tokenizer: Any = None, *, max_length: int = 128) -> None:
+    def __init__(
+        self,
+        tokenizer: Any = None,
+        *,
+        max_length: int = 128,
+        node_texts: bool = False,
+        node_max_length: int = 16,
+    ) -> None:
         self.tokenizer = tokenizer
         self.max_length = max_length
+        self.node_texts = node_texts
+        self.node_max_length = node_max_length
 
-    def _encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    def _encode(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         if not texts:
             empty = torch.zeros((0, 0), dtype=torch.int64)
             return empty, empty.clone()
-        enc = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
+        enc = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         return enc["input_ids"].to(torch.int64), enc["attention_mask"].to(torch.int64)
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         if self.tokenizer is not None:
-            batch["input_ids"], batch["attention_mask"] = self._encode(batch["text"])
+            batch["input_ids"], batch["attention_mask"] = self._encode(batch["text"], self.max_length)
             batch["negated_input_ids"], batch["negated_attention_mask"] = self._encode(
-                batch["negated_reports"]
+                batch["negated_reports"], self.max_length
             )
+            if self.node_texts:
+                batch["node_input_ids"], batch["node_attention_mask"] = self._encode(
+                    batch["node_texts"], self.node_max_length
+                )
         return batch
 
 
@@ -566,14 +593,16 @@ def make_loader(
     persistent_workers: bool = False,
     prefetch_factor: int | None = None,
     multiprocessing_context: str | None = None,
+    node_texts: bool = False,
 ) -> DataLoader:
-    """A DataLoader over ``dataset`` with its worker count and the tokenising collate."""
+    """A DataLoader over ``dataset`` with its worker count and the tokenising collate
+    (``node_texts``: also tokenise the entity texts; see ``TokenizingCollate``)."""
     workers = dataset.num_workers
     return DataLoader(
         dataset,
         batch_size=None,
         num_workers=workers,
-        collate_fn=TokenizingCollate(tokenizer, max_length=max_length),
+        collate_fn=TokenizingCollate(tokenizer, max_length=max_length, node_texts=node_texts),
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
