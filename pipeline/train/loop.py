@@ -33,7 +33,7 @@ import torch
 from pipeline.train import checkpoint as ckpt
 from pipeline.train.augment import AugmentConfig
 from pipeline.train.config import ConfigError, TrainConfig, identity, resolve, to_dict
-from pipeline.train.data import ReaderConfig, ShardDataset, ShardIndex, make_loader
+from pipeline.train.data import ReaderConfig, ShardDataset, ShardFormatError, ShardIndex, make_loader
 from pipeline.train.dist import (
     Dist,
     all_reduce_sum,
@@ -255,9 +255,14 @@ class _Trainer:
                 resolution=c.data.resolution, channels=c.data.channels, train=c.data.augment
             ),
         )
-        self.dataset = ShardDataset(
-            shards, reader, rank=dist.rank, world_size=dist.world_size, num_workers=c.data.workers
-        )
+        try:
+            self.dataset = ShardDataset(
+                shards, reader, rank=dist.rank, world_size=dist.world_size, num_workers=c.data.workers
+            )
+        except ValueError as exc:  # fewer shards than ranks, a bad rank: the fix is in the message
+            if isinstance(exc, ShardFormatError):
+                raise
+            raise ConfigError(str(exc)) from exc
         self.loader = make_loader(
             self.dataset,
             tokenizer=self.tokenizer,
@@ -375,6 +380,8 @@ class _Trainer:
                     if state == "stop":
                         stopped_by = "signal" if stop.signal else "stop_after"
                         break
+                    if state == "limit":  # max_steps within an epoch: it is not finished
+                        break
                     self.epoch += 1
                     self.dataset.set_epoch(self.epoch)
                     if self.step < self.total_steps and self.last_saved != self.step:
@@ -476,9 +483,9 @@ class _Trainer:
                 self._save(last_state)
             if halt:
                 return "stop"
-            if self.step >= self.total_steps:
-                return "done"
             done_in_epoch += 1
+            if self.step >= self.total_steps:
+                return "done" if done_in_epoch >= steps else "limit"
             if done_in_epoch >= steps:
                 break
         return "done"

@@ -378,7 +378,8 @@ def build_text_tower(
             f"model.text.max_length={config.max_length} exceeds the {positions} positions of "
             f"model.text.path={config.path!r}; lower model.text.max_length"
         )
-    return TextTower(model, pooling=config.pooling), tokenizer
+    pooling = config.pooling if config.pooling != "auto" else ("mean" if config.path == "minilm" else "cls")
+    return TextTower(model, pooling=pooling), tokenizer
 
 
 def _minilm_dir() -> Path:

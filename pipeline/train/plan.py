@@ -149,7 +149,7 @@ def make_plan(
     if len(sizes) < world_size:
         raise ValueError(
             f"{len(sizes)} shards cannot give each of {world_size} ranks one: rebuild the shards with "
-            "more, smaller parts (stages.shards.samples_per_shard) or train on fewer ranks"
+            "more, smaller parts (stages.shards.shard_size) or train on fewer ranks"
         )
     order = np.random.default_rng([seed, epoch]).permutation(len(sizes)) if shuffle else np.arange(len(sizes))
     shards = [
