@@ -250,3 +250,12 @@ def test_the_trainer_imports_no_pipeline_core_spacy_dask_or_hydra() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_gradient_accumulation_steps_once_per_accum_micro_batches(synthetic: Path, tmp_path: Path) -> None:
+    out = tmp_path / "accum"
+    train_cli(f"out={out}", f"data.shards={synthetic}", "optim.accum_steps=2", "max_steps=2", *TINY)
+    lines = metrics(out)
+    assert [m["step"] for m in lines] == [1, 2]
+    assert all(m["batch_size"] == 2 * 16 for m in lines)  # two micro-batches of 16 per step
+    assert lines[-1]["samples"] == 64

@@ -30,7 +30,7 @@ def step_file(step: int) -> str:
     return f"step-{step:08d}.pt"
 
 
-def rng_state(cuda: bool) -> dict[str, Any]:
+def rng_state(device: torch.device) -> dict[str, Any]:
     """This process's RNG states as tensors and plain values (safe for ``weights_only`` loads)."""
     version, internal, gauss = random.getstate()
     kind, keys, pos, has_gauss, cached = np.random.get_state()
@@ -39,19 +39,19 @@ def rng_state(cuda: bool) -> dict[str, Any]:
         "numpy": [kind, torch.from_numpy(np.asarray(keys, np.int64)), pos, has_gauss, cached],
         "torch": torch.get_rng_state(),
     }
-    if cuda:
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":  # this process's device only: a resume may see other GPUs
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
+def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     kind, keys, pos, has_gauss, cached = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def save(folder: Path, step: int, payload: dict[str, Any], *, keep_last: int) -> dict[str, Any]:

@@ -120,7 +120,9 @@ class TrainConfig:
     max_steps: int = 0  # optimizer steps in all; 0: epochs x steps per epoch
     seed: int = 0
     device: str = "auto"  # auto (cuda when available), cpu, cuda
-    precision: str = "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp32
+    precision: str = (
+        "auto"  # auto (bf16 autocast on CUDA, fp32 on CPU), bf16, fp16 (with a grad scaler), fp32
+    )
     deterministic: bool = False  # torch deterministic algorithms (bitwise resume on CPU)
     checkpoint_every: int = 500  # optimizer steps; also at every epoch end and at the end
     keep_last: int = 3  # step checkpoints kept besides the final one
@@ -194,13 +196,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 # Fields that say how to run this invocation, not what is trained: a resume may change them.
+# (data.workers is not one: the epoch layout over workers decides which batches there are.)
 RUNTIME_FIELDS = (
     "out",
     "resume",
     "stop_after",
     "progress",
     "device",
-    "data.workers",
     "data.prefetch",
     "data.shards",
 )
@@ -227,7 +229,7 @@ def check(config: TrainConfig) -> None:
         "model.image.arch": (config.model.image.arch, ("resnet18", "resnet50")),
         "model.text.pooling": (config.model.text.pooling, ("auto", "cls", "mean")),
         "device": (config.device, ("auto", "cpu", "cuda")),
-        "precision": (config.precision, ("auto", "bf16", "fp32")),
+        "precision": (config.precision, ("auto", "bf16", "fp16", "fp32")),
     }
     for key, (value, allowed) in choices.items():
         if value not in allowed:

@@ -558,8 +558,10 @@ class TokenizingCollate:
         max_length: int = 128,
         node_texts: bool = False,
         node_max_length: int = 16,
+        negated: bool = True,
     ) -> None:
         self.tokenizer = tokenizer
+        self.negated = negated  # False: negated reports are not tokenised (M = 0 tensors)
         self.max_length = max_length
         self.node_texts = node_texts
         self.node_max_length = node_max_length
@@ -575,7 +577,7 @@ class TokenizingCollate:
         if self.tokenizer is not None:
             batch["input_ids"], batch["attention_mask"] = self._encode(batch["text"], self.max_length)
             batch["negated_input_ids"], batch["negated_attention_mask"] = self._encode(
-                batch["negated_reports"], self.max_length
+                batch["negated_reports"] if self.negated else [], self.max_length
             )
             if self.node_texts:
                 batch["node_input_ids"], batch["node_attention_mask"] = self._encode(
@@ -594,6 +596,7 @@ def make_loader(
     prefetch_factor: int | None = None,
     multiprocessing_context: str | None = None,
     node_texts: bool = False,
+    negated: bool = True,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` with its worker count and the tokenising collate
     (``node_texts``: also tokenise the entity texts; see ``TokenizingCollate``)."""
@@ -602,7 +605,9 @@ def make_loader(
         dataset,
         batch_size=None,
         num_workers=workers,
-        collate_fn=TokenizingCollate(tokenizer, max_length=max_length, node_texts=node_texts),
+        collate_fn=TokenizingCollate(
+            tokenizer, max_length=max_length, node_texts=node_texts, negated=negated
+        ),
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,

@@ -122,8 +122,11 @@ def gather_rows(x: torch.Tensor, dist: Dist, *, grad: bool = True) -> tuple[torc
     tdist.all_gather(counts, n)
     sizes = [int(c.item()) for c in counts]
     offset = sum(sizes[: dist.rank])
-    if grad and x.requires_grad:
-        return _GatherRows.apply(x, sizes, dist.rank), offset
+    if grad and torch.is_grad_enabled():
+        # Every rank must run the backward all-reduce, also one whose rows need no gradient
+        # (no negated report in its batch): a leaf of its own makes autograd call it.
+        leaf = x if x.requires_grad else x.detach().requires_grad_()
+        return _GatherRows.apply(leaf, sizes, dist.rank), offset
     with torch.no_grad():
         full = _GatherRows.apply(x.detach(), sizes, dist.rank)
     if x.requires_grad:  # keep the local rows differentiable

@@ -122,7 +122,13 @@ def _metrics_cut(path: Path, step: int) -> None:
     its last checkpoint, and the resumed run logs those steps again."""
     if not path.exists():
         return
-    kept = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue  # a line torn by a kill mid-write
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(f"{line}\n" for line in kept))
     os.replace(tmp, path)
@@ -158,6 +164,8 @@ class _Trainer:
         self.dist = dist
         self.out = Path(config.out)
         self.ckpt_dir = self.out / "checkpoints"
+        # Forked loader workers each start a tokenizer thread pool the size of the machine.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.device = dist.device
         cuda = self.device.type == "cuda"
         precision = config.precision if config.precision != "auto" else ("bf16" if cuda else "fp32")
@@ -220,6 +228,7 @@ class _Trainer:
         if not dist.main:
             text, self.tokenizer = build_text_tower(c.model.text, tokenizer_dir=tokenizer_dir, texts=None)
         model = CLIPModel(c.model, text=text, concepts=self.concepts, channels=c.data.channels)
+        torch.manual_seed(c.seed + 1000 * (dist.rank + 1))  # each rank its own dropout stream
         self.graph = uses_graph(c.loss)
         # Parameters no loss reaches (the graph tower without lambda_g, a text model's pooler)
         # must not wait for gradients under DDP.
@@ -271,6 +280,7 @@ class _Trainer:
             persistent_workers=True,
             prefetch_factor=c.data.prefetch,
             node_texts=c.model.graph.use_text,
+            negated=bool(c.loss.negatives),
         )
         # DataLoader draws its workers' base seed from the global RNG unless it has a generator:
         # its own keeps the global stream (dropout) the same in a resumed run.
@@ -297,7 +307,7 @@ class _Trainer:
     # -- state ------------------------------------------------------------------------------
     def _payload(self, reader_state: dict[str, Any]) -> dict[str, Any] | None:
         """The checkpoint payload (on rank 0; None elsewhere). Every rank must call this."""
-        rngs = gather_objects(ckpt.rng_state(self.device.type == "cuda"), self.dist)
+        rngs = gather_objects(ckpt.rng_state(self.device), self.dist)
         readers = gather_objects(reader_state, self.dist)
         if not self.dist.main:
             return None
@@ -339,8 +349,11 @@ class _Trainer:
         self.scaler.load_state_dict(data["scaler"])
         self.step, self.epoch, self.samples = int(data["step"]), int(data["epoch"]), int(data["samples"])
         self.bad = int(data["bad_samples"])
-        self.dataset.load_state_dict(data["reader"][self.dist.rank])
-        ckpt.set_rng_state(data["rng"][self.dist.rank])
+        try:
+            self.dataset.load_state_dict(data["reader"][self.dist.rank])
+        except ValueError as exc:
+            raise ConfigError(f"cannot resume from {path}: {exc}") from exc
+        ckpt.set_rng_state(data["rng"][self.dist.rank], self.device)
         self.last_saved = self.step
         if self.dist.main:
             _metrics_cut(self.out / METRICS, self.step)
@@ -354,6 +367,8 @@ class _Trainer:
         self.step = self.epoch = self.samples = self.bad = 0
         self.last_saved = -1
         self.saved: dict[str, dict[str, Any]] = {}
+        self.last_state: dict[str, Any] = {}  # the reader position after the last step's batch
+        self.signalled = 0
         if self.resume_path is not None:
             self._restore(self.resume_path)
         else:
@@ -378,7 +393,7 @@ class _Trainer:
                 while self.step < self.total_steps and (c.max_steps or self.epoch < c.epochs):
                     state = self._run_epoch(metrics, bar, stop, start_step)
                     if state == "stop":
-                        stopped_by = "signal" if stop.signal else "stop_after"
+                        stopped_by = "signal" if self.signalled else "stop_after"
                         break
                     if state == "limit":  # max_steps within an epoch: it is not finished
                         break
@@ -387,7 +402,7 @@ class _Trainer:
                     if self.step < self.total_steps and self.last_saved != self.step:
                         self._save(self.dataset.state_dict())
                 if self.last_saved != self.step:
-                    self._save(self.dataset.state_dict())
+                    self._save(self.last_state or self.dataset.state_dict())
         finally:
             if metrics is not None:
                 metrics.close()
@@ -395,7 +410,7 @@ class _Trainer:
                 bar.close()
         summary = self._summary(time.perf_counter() - started, complete=not stopped_by)
         if stopped_by == "signal":
-            sys.exit(128 + stop.signal)
+            sys.exit(128 + (stop.signal or signal.SIGTERM))
         return summary
 
     def _run_epoch(self, metrics: Any, bar: Any, stop: _Stop, start_step: int) -> str:
@@ -429,7 +444,7 @@ class _Trainer:
                     dtype=self.amp_dtype or torch.float32,
                     enabled=self.amp_dtype is not None,
                 ):
-                    out = self.ddp(batch, graph=self.graph)
+                    out = self.ddp(batch, graph=self.graph, negated=bool(c.loss.negatives))
                 result = compute(out, batch, c.loss, dist)
                 if not math.isfinite(result.terms["loss"]):
                     raise NonFiniteLoss(
@@ -452,6 +467,13 @@ class _Trainer:
                     torch.linalg.vector_norm(
                         torch.stack([p.grad.norm() for p in params if p.grad is not None])
                     )
+                )
+            if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+                # fp16's scaler skips such a step itself; otherwise it would poison the weights
+                self.optimizer.zero_grad(set_to_none=True)
+                raise NonFiniteLoss(
+                    f"the gradient norm is {grad_norm} at step {self.step + 1}; the last good checkpoint "
+                    f"({self.last_saved}) is kept. Lower optim.lr, raise optim.warmup_steps, or use precision=fp32"
                 )
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -478,6 +500,8 @@ class _Trainer:
             micro, wait, batch_samples, negatives, bad = [], 0.0, 0, 0, 0
             tick = now
             signalled = int(all_reduce_sum(torch.tensor([stop.signal], device=self.device), dist).item())
+            self.signalled = signalled
+            self.last_state = last_state
             halt = signalled or (c.stop_after and self.step - start_step >= c.stop_after)
             if self.step % c.checkpoint_every == 0 or halt:
                 self._save(last_state)

@@ -685,16 +685,21 @@ class CLIPModel(nn.Module):
         """Clamp the parameter itself into [0, log(max_logit_scale)] (open_clip, after each step)."""
         self.logit_scale.clamp_(0.0, math.log(self.max_logit_scale))
 
-    def forward(self, batch: Mapping[str, Any], graph: bool = True) -> dict[str, torch.Tensor | None]:
-        """``image``, ``text`` (B, D), ``negated`` (M, D), ``graph`` (B, D) or None when
-        ``graph=False`` (the graph tower is skipped), ``logit_scale`` (the clamped scale, a scalar).
+    def forward(
+        self, batch: Mapping[str, Any], graph: bool = True, negated: bool = True
+    ) -> dict[str, torch.Tensor | None]:
+        """``image``, ``text`` (B, D), ``negated`` (M, D) or None when ``negated=False``, ``graph``
+        (B, D) or None when ``graph=False`` (those towers are skipped: a subgraph no loss uses
+        would hold its activations until the next forward), ``logit_scale`` (the clamped scale).
         Raises KeyError naming a missing batch key."""
         return {
             "image": self.encode_image(_require(batch, "image")),
             "text": self.encode_text(_require(batch, "input_ids"), _require(batch, "attention_mask")),
             "negated": self.encode_text(
                 _require(batch, "negated_input_ids"), _require(batch, "negated_attention_mask")
-            ),
+            )
+            if negated
+            else None,
             "graph": self.encode_graph(batch) if graph else None,
             "logit_scale": self.scale(),
         }
