@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
+from cluster_fixtures import free_port, start_scheduler, start_worker, stop
 from distributed import Client
 
 from pipeline.core.config import compose_run
@@ -77,45 +74,13 @@ def test_table_dataset_overrides_become_typed_config():
     assert cfg.out == "runs/table"
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_dag_through_a_separate_scheduler_and_workers(tmp_path, toy_dag):
     """`dask scheduler` and `dask worker` as their own processes on loopback, used by address."""
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    dask = str(Path(sys.executable).parent / "dask")
-    procs = [
-        subprocess.Popen(
-            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
+    address, scheduler = start_scheduler()
+    procs = [scheduler]
     try:
-        time.sleep(1.0)
-        procs.append(
-            subprocess.Popen(
-                [
-                    dask,
-                    "worker",
-                    address,
-                    "--nworkers",
-                    "2",
-                    "--nthreads",
-                    "1",
-                    "--no-dashboard",
-                    "--local-directory",
-                    str(tmp_path / "scratch"),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-        )
+        procs.append(start_worker(address, tmp_path / "scratch", nworkers=2))
         with Client(address, timeout="30s") as client:
             client.wait_for_workers(2, timeout=60)
             pids = set(client.run(lambda: __import__("os").getpid()).values())
@@ -126,14 +91,11 @@ def test_dag_through_a_separate_scheduler_and_workers(tmp_path, toy_dag):
         assert markers and {m["worker_pid"] for m in markers} <= pids  # the work ran on those workers
         assert read_dataset(str(out), "sections").num_rows > 0
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+        stop(procs)
 
 
 def test_unreachable_scheduler_is_a_clear_error(tmp_path, toy_dag, capsys):
-    port = _free_port()
+    port = free_port()
     assert (
         main(
             [f"dag={toy_dag}", f"out={tmp_path}", f"cluster.address=tcp://127.0.0.1:{port}", "progress=false"]

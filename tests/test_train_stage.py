@@ -10,15 +10,14 @@ import hashlib
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from cluster_fixtures import start_scheduler, start_worker, stop
 from distributed import Client
 
 from pipeline.core.config import compose_run
@@ -320,38 +319,15 @@ def test_two_processes_train_through_torchrun(run_copy: Path, demo_run: Path, da
     assert set(read_dataset(str(run_copy), "checkpoints")["world_size"].to_pylist()) == {2}
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _worker(address: str, scratch: Path, *extra: str) -> subprocess.Popen:
-    dask = str(Path(sys.executable).parent / "dask")
-    args = ["--nworkers", "1", "--nthreads", "1", "--no-dashboard", "--local-directory", str(scratch)]
-    return subprocess.Popen(
-        [dask, "worker", address, *args, *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-
-
 @pytest.mark.slow
 def test_cluster_trains_on_the_gpu_worker(run_copy: Path, tmp_path: Path, capsys):
     """A scheduler and workers as separate processes: without a `GPU` worker the stage stops at
     once and says what to start; with one, training runs there (not on the CPU-only worker)."""
-    port = _free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    dask = str(Path(sys.executable).parent / "dask")
-    procs = [
-        subprocess.Popen(
-            [dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-    ]
+    address, scheduler = start_scheduler()
+    procs = [scheduler]
     args = ["stage=train", f"out={run_copy}", f"cluster.address={address}", "progress=false", *TINY]
     try:
-        time.sleep(1.0)
-        procs.append(_worker(address, tmp_path / "cpu"))
+        procs.append(start_worker(address, tmp_path / "cpu"))
         with Client(address, timeout="30s") as client:
             client.wait_for_workers(1, timeout=60)
         assert main(args) == 2
@@ -359,7 +335,7 @@ def test_cluster_trains_on_the_gpu_worker(run_copy: Path, tmp_path: Path, capsys
         assert "E_TRAIN_NO_GPU" in err and "--resources GPU=1" in err and "where=local" in err
         assert not (run_copy / "train").exists()  # stopped before anything was launched
 
-        procs.append(_worker(address, tmp_path / "gpu", "--resources", "GPU=1"))
+        procs.append(start_worker(address, tmp_path / "gpu", "--resources", "GPU=1"))
         with Client(address, timeout="30s") as client:
             client.wait_for_workers(2, timeout=60)
             info = client.scheduler_info(n_workers=-1)["workers"]
@@ -374,10 +350,7 @@ def test_cluster_trains_on_the_gpu_worker(run_copy: Path, tmp_path: Path, capsys
         assert marker["worker_pid"] != os.getpid()
         assert main(args) == 0 and "skipped" in capsys.readouterr().out
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+        stop(procs)
 
 
 def test_where_cluster_on_a_local_cluster_without_gpus(run_copy: Path, dask_client):
