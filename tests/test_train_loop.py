@@ -259,3 +259,20 @@ def test_gradient_accumulation_steps_once_per_accum_micro_batches(synthetic: Pat
     assert [m["step"] for m in lines] == [1, 2]
     assert all(m["batch_size"] == 2 * 16 for m in lines)  # two micro-batches of 16 per step
     assert lines[-1]["samples"] == 64
+
+
+def test_one_negated_report_per_sample_is_drawn_per_epoch(synthetic: Path) -> None:
+    from pipeline.train.data import TokenizingCollate
+
+    reader = ReaderConfig(batch_size=64, shuffle=False, augment=AugmentConfig(resolution=32, train=False))
+    ds = ShardDataset(synthetic / "train", reader, rank=0, world_size=1)
+    raw = next(iter(ds))
+    owners = raw["negated_owner"].numpy()
+    assert np.bincount(owners).max() > 1  # the fixture has samples with several
+    capped = TokenizingCollate(None, max_negated=1, seed=0)(dict(raw))
+    kept = capped["negated_owner"].numpy()
+    assert np.array_equal(np.unique(kept), np.unique(owners)) and np.bincount(kept).max() == 1
+    assert set(capped["negated_reports"]) <= set(raw["negated_reports"])
+    again = TokenizingCollate(None, max_negated=1, seed=0)(dict(raw))
+    assert again["negated_reports"] == capped["negated_reports"]  # deterministic: resume sees the same
+    assert TokenizingCollate(None, max_negated=0)(dict(raw))["negated_reports"] == raw["negated_reports"]

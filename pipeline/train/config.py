@@ -76,6 +76,9 @@ class LossConfig:
     soft_temperature: float = 0.1  # softmax temperature of the combined similarity
     identity_mix: float = 0.5  # share of each target row kept on the matched pair
     negatives: bool | None = None  # N: negated reports as extra image-to-text columns
+    # The paper appends one negated variant per report; the shards may hold several (one per
+    # denied finding): one is drawn per sample and epoch. 0: all (each costs a text forward).
+    negatives_per_sample: int = 1
     lambda_g: float | None = None  # G: graph-image contrastive term
     graph_text: bool = False  # also contrast the graph embedding with the text embedding
     local_loss: bool = False  # open_clip's: local rows against the global batch (less memory)

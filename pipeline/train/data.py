@@ -559,9 +559,13 @@ class TokenizingCollate:
         node_texts: bool = False,
         node_max_length: int = 16,
         negated: bool = True,
+        max_negated: int = 0,
+        seed: int = 0,
     ) -> None:
         self.tokenizer = tokenizer
         self.negated = negated  # False: negated reports are not tokenised (M = 0 tensors)
+        self.max_negated = max_negated  # per sample; 0: all
+        self.seed = seed
         self.max_length = max_length
         self.node_texts = node_texts
         self.node_max_length = node_max_length
@@ -573,7 +577,29 @@ class TokenizingCollate:
         enc = self.tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt")
         return enc["input_ids"].to(torch.int64), enc["attention_mask"].to(torch.int64)
 
+    def _cap_negated(self, batch: dict[str, Any]) -> None:
+        """Keep at most ``max_negated`` negated reports per sample, drawn per (seed, epoch,
+        sample): each epoch sees another of a report's variants, a resumed run the same ones."""
+        owner = batch["negated_owner"].numpy()
+        counts = np.bincount(owner, minlength=len(batch["text"])) if len(owner) else np.zeros(0, np.int64)
+        if not len(owner) or counts.max() <= self.max_negated:
+            return
+        epoch = int(batch.get("state", {}).get("epoch", 0))
+        keep = np.zeros(len(owner), bool)
+        starts = np.concatenate([[0], np.cumsum(counts)])  # owners are grouped, in row order
+        for row in np.flatnonzero(counts):
+            n = int(counts[row])
+            pick = np.arange(n)
+            if n > self.max_negated:
+                rng = np.random.default_rng([self.seed, epoch, int(batch["positions"][row])])
+                pick = np.sort(rng.choice(n, self.max_negated, replace=False))
+            keep[starts[row] + pick] = True
+        batch["negated_reports"] = [t for t, k in zip(batch["negated_reports"], keep, strict=True) if k]
+        batch["negated_owner"] = batch["negated_owner"][torch.from_numpy(keep)]
+
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        if self.negated and self.max_negated > 0:
+            self._cap_negated(batch)
         if self.tokenizer is not None:
             batch["input_ids"], batch["attention_mask"] = self._encode(batch["text"], self.max_length)
             batch["negated_input_ids"], batch["negated_attention_mask"] = self._encode(
@@ -597,6 +623,7 @@ def make_loader(
     multiprocessing_context: str | None = None,
     node_texts: bool = False,
     negated: bool = True,
+    max_negated: int = 0,
 ) -> DataLoader:
     """A DataLoader over ``dataset`` with its worker count and the tokenising collate
     (``node_texts``: also tokenise the entity texts; see ``TokenizingCollate``)."""
@@ -606,7 +633,12 @@ def make_loader(
         batch_size=None,
         num_workers=workers,
         collate_fn=TokenizingCollate(
-            tokenizer, max_length=max_length, node_texts=node_texts, negated=negated
+            tokenizer,
+            max_length=max_length,
+            node_texts=node_texts,
+            negated=negated,
+            max_negated=max_negated,
+            seed=dataset.config.seed,
         ),
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and workers > 0,

@@ -281,6 +281,7 @@ class _Trainer:
             prefetch_factor=c.data.prefetch,
             node_texts=c.model.graph.use_text,
             negated=bool(c.loss.negatives),
+            max_negated=c.loss.negatives_per_sample,
         )
         # DataLoader draws its workers' base seed from the global RNG unless it has a generator:
         # its own keeps the global stream (dropout) the same in a resumed run.
