@@ -24,6 +24,7 @@ import torch
 FORMAT = "clip2clinic.train"
 VERSION = 1
 LATEST = "latest.json"
+INDEX = "checkpoints.json"  # an entry per kept step file: what a summary or a resume check reads
 
 
 def step_file(step: int) -> str:
@@ -56,7 +57,9 @@ def set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 
 def save(folder: Path, step: int, payload: dict[str, Any], *, keep_last: int) -> dict[str, Any]:
     """Write ``folder/step-N.pt`` atomically, point ``latest.json`` at it, drop step files beyond
-    the ``keep_last`` newest. Returns {file, step, sha256, bytes}."""
+    the ``keep_last`` newest, and keep ``checkpoints.json`` (their entries) in step. Returns the
+    entry: {file, step, epoch, sha256, bytes, identity}, so nobody reloads a multi-GB file to
+    learn them."""
     folder.mkdir(parents=True, exist_ok=True)
     name = step_file(step)
     path = folder / name
@@ -64,25 +67,46 @@ def save(folder: Path, step: int, payload: dict[str, Any], *, keep_last: int) ->
     torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
     digest = _sha256(tmp)
     os.replace(tmp, path)
-    entry = {"file": name, "step": step, "sha256": digest, "bytes": path.stat().st_size}
+    entry = {
+        "file": name,
+        "step": step,
+        "epoch": int(payload["epoch"]),
+        "sha256": digest,
+        "bytes": path.stat().st_size,
+        "identity": payload["identity"],
+    }
     _write_json(folder / LATEST, entry)
     steps = sorted(p for p in folder.glob("step-*.pt"))
     for old in steps[: max(0, len(steps) - max(1, keep_last))]:
         old.unlink()
+    kept = {e["file"]: e for e in entries(folder)}
+    kept[name] = entry
+    _write_json(folder / INDEX, [kept[p.name] for p in sorted(folder.glob("step-*.pt")) if p.name in kept])
     return entry
+
+
+def entries(folder: Path) -> list[dict[str, Any]]:
+    """The entries of ``checkpoints.json`` whose step files still exist, in step order."""
+    try:
+        listed = json.loads((folder / INDEX).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+    return [e for e in listed if (folder / e["file"]).is_file()]
+
+
+def latest_entry(folder: Path) -> dict[str, Any] | None:
+    """The entry ``latest.json`` holds, or None when there is none (or its file was deleted)."""
+    try:
+        entry = json.loads((folder / LATEST).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return entry if isinstance(entry, dict) and (folder / entry.get("file", "")).is_file() else None
 
 
 def latest(folder: Path) -> Path | None:
     """The checkpoint ``latest.json`` names, or None when there is none (or it was deleted)."""
-    pointer = folder / LATEST
-    if not pointer.is_file():
-        return None
-    try:
-        name = json.loads(pointer.read_text())["file"]
-    except (json.JSONDecodeError, KeyError):
-        return None
-    path = folder / name
-    return path if path.is_file() else None
+    entry = latest_entry(folder)
+    return folder / entry["file"] if entry else None
 
 
 def load(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -190,18 +190,17 @@ class _Trainer:
             if not path.is_file():
                 raise ConfigError(f"resume={c.resume}: no such checkpoint file")
             return path
-        found = ckpt.latest(self.ckpt_dir)
+        found = ckpt.latest_entry(self.ckpt_dir)
         if found is None:
             if c.resume == "latest":
                 raise ConfigError(f"resume=latest but {self.ckpt_dir} has no checkpoint; use resume=auto")
             return None
-        saved = ckpt.load(found)
-        if saved["identity"] != identity(c):
+        if found["identity"] != identity(c):
             raise ConfigError(
                 f"{self.out} holds a run of another config (its config.json); give another out=, "
                 "or resume=none to train afresh over it"
             )
-        return found
+        return self.ckpt_dir / found["file"]
 
     def _build(self) -> None:
         c, dist = self.config, self.dist
@@ -212,7 +211,12 @@ class _Trainer:
         self.resume_path = Path(resume) if resume else None
         if dist.main and self.resume_path is None:  # a fresh start: clear what an old run left
             self.out.mkdir(parents=True, exist_ok=True)
-            for old in [*self.ckpt_dir.glob("step-*.pt"), self.ckpt_dir / ckpt.LATEST, self.out / SUMMARY]:
+            for old in [
+                *self.ckpt_dir.glob("step-*.pt"),
+                self.ckpt_dir / ckpt.LATEST,
+                self.ckpt_dir / ckpt.INDEX,
+                self.out / SUMMARY,
+            ]:
                 old.unlink(missing_ok=True)
             (self.out / METRICS).unlink(missing_ok=True)
             shutil.rmtree(self.out / "tokenizer", ignore_errors=True)  # trained on other texts
@@ -332,8 +336,7 @@ class _Trainer:
     def _save(self, reader_state: dict[str, Any]) -> None:
         payload = self._payload(reader_state)
         if payload is not None:
-            entry = ckpt.save(self.ckpt_dir, self.step, payload, keep_last=self.config.keep_last)
-            self.saved[entry["file"]] = {**entry, "epoch": self.epoch}
+            ckpt.save(self.ckpt_dir, self.step, payload, keep_last=self.config.keep_last)
         self.last_saved = self.step
         barrier(self.dist)
 
@@ -367,7 +370,6 @@ class _Trainer:
         c, dist = self.config, self.dist
         self.step = self.epoch = self.samples = self.bad = 0
         self.last_saved = -1
-        self.saved: dict[str, dict[str, Any]] = {}
         self.last_state: dict[str, Any] = {}  # the reader position after the last step's batch
         self.signalled = 0
         if self.resume_path is not None:
@@ -555,19 +557,10 @@ class _Trainer:
     def _summary(self, seconds: float, *, complete: bool) -> dict[str, Any]:
         if not self.dist.main:
             return {}
-        entries = []
-        for path in sorted(self.ckpt_dir.glob("step-*.pt")):
-            entry = self.saved.get(path.name)
-            if entry is None:  # written by an earlier invocation
-                data = ckpt.load(path)
-                entry = {
-                    "file": path.name,
-                    "step": int(data["step"]),
-                    "epoch": int(data["epoch"]),
-                    "sha256": ckpt._sha256(path),
-                    "bytes": path.stat().st_size,
-                }
-            entries.append({**entry, "file": f"checkpoints/{path.name}"})
+        entries = [
+            {k: v for k, v in e.items() if k != "identity"} | {"file": f"checkpoints/{e['file']}"}
+            for e in ckpt.entries(self.ckpt_dir)
+        ]
         summary = {
             "complete": complete,
             "steps": self.step,

@@ -50,7 +50,6 @@ from pipeline.core.schemas import load_schema
 from pipeline.train.config import (
     ConfigError,
     TrainConfig,
-    from_dict,
     identity,
     resolve,
     to_dict,
@@ -122,14 +121,8 @@ def _saved_identity(path: Path) -> str | None:
     The trainer writes ``{"config": to_dict(resolved), "identity": ..., "world_size": ...}``.
     """
     values = _read_json(path)
-    if not isinstance(values, dict):
-        return None
-    if isinstance(values.get("identity"), str):
-        return values["identity"]
-    try:
-        return identity(resolve(from_dict(values.get("config", values))))
-    except (ConfigError, TypeError, ValueError):
-        return None
+    found = values.get("identity") if isinstance(values, dict) else None
+    return found if isinstance(found, str) else None
 
 
 # -- where it runs -------------------------------------------------------------------------------
