@@ -58,7 +58,7 @@ def test_a_from_run_dag_takes_its_missing_inputs_from_the_run(tmp_path):
     dag = load_dag(write(tmp_path, "from_run: true\nstages: [toy_split]"))
     assert dag.from_run and [s.name for s in dag.stages] == ["toy_split"]
     train = load_dag("train")
-    assert train.from_run and [s.name for s in train.stages] == ["shards", "train"]
+    assert train.from_run and [s.name for s in train.stages] == ["shards", "train", "evaluate"]
     from pipeline.run import main
 
     # On a run folder without the shards stage's inputs it stops before any work, naming them.

@@ -240,9 +240,9 @@ def test_an_undecodable_image_is_skipped_and_counted(tmp_path: Path) -> None:
     assert metrics(out)[-1]["bad_samples"] == expected
 
 
-def test_the_trainer_imports_no_pipeline_core_spacy_dask_or_hydra() -> None:
+def test_the_trainer_and_evaluation_import_no_pipeline_core_spacy_dask_or_hydra() -> None:
     code = (
-        "import sys, pipeline.train.loop, pipeline.train.__main__, pipeline.train.model; "
+        "import sys, pipeline.train.loop, pipeline.train.__main__, pipeline.train.model, pipeline.train.evaluate, pipeline.train.report; "
         "import transformers, tokenizers; "
         "bad = ('spacy', 'dask', 'distributed', 'polars', 'pipeline.core', 'hydra', 'omegaconf', 'rich', "
         "'networkx', 'pydicom', 'torchvision', 'timm', 'sentence_transformers'); "

@@ -96,11 +96,11 @@ def test_trainer_config_fills_the_run_paths(tmp_path):
     ]
 
 
-def test_dags_end_in_train():
-    for name in ("train", "full"):
+def test_dags_end_in_train_and_evaluate():
+    for name in ("train", "full", "demo"):
         stages = [s.name for s in load_dag(name).stages]
-        assert stages[-2:] == ["shards", "train"], name
-    assert [s.name for s in load_dag("full").stages][:-1] == [s.name for s in load_dag("demo").stages]
+        assert stages[-3:] == ["shards", "train", "evaluate"], name
+    assert [s.name for s in load_dag("full").stages] == [s.name for s in load_dag("demo").stages]
     stage = get_stage("train")
     assert stage.kind == "corpus" and stage.inputs == ("shards/train",)
     assert stage.optional_inputs == ("shards/validate",)

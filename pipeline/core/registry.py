@@ -41,6 +41,7 @@ STAGE_MODULES: tuple[str, ...] = (
     "pipeline.images.stage",
     "pipeline.shards.stage",
     "pipeline.train.stage",
+    "pipeline.train.evaluate_stage",
 )
 
 Tables = Mapping[str, pa.Table]

@@ -150,11 +150,12 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 
 def content_digest(config: Any) -> dict[str, str]:
-    """Digests of the local files (or folders) named by config fields marked ``metadata={"content": True}``.
+    """Digests of the local files (or folders) named by config fields marked ``metadata={"content": True}``
+    (a field may also hold a tuple of paths).
 
     A lexicon folder or a RadGraph file edited in place must rerun its stage even though the
     path in the config did not change. Other paths (dump roots) are not read: sources
-    fingerprint their own listing.
+    fingerprint their own listing. Files are read in blocks (a checkpoint may be gigabytes).
     """
     if not is_dataclass(config):
         return {}
@@ -163,12 +164,18 @@ def content_digest(config: Any) -> dict[str, str]:
         value = getattr(config, f.name)
         if not f.metadata.get(CONTENT) or not value:
             continue
-        path = Path(str(value))
-        paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         digest = hashlib.sha256()
-        for p in paths:
-            digest.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
-            digest.update(p.read_bytes() if p.exists() else b"<missing>")
+        for item in value if isinstance(value, tuple | list) else (value,):
+            path = Path(str(item))
+            paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            for p in paths:
+                digest.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
+                if not p.exists():
+                    digest.update(b"<missing>")
+                    continue
+                with open(p, "rb") as fh:
+                    for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                        digest.update(block)
         out[f.name] = digest.hexdigest()[:16]
     return out
 

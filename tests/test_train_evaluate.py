@@ -1,0 +1,342 @@
+"""Evaluation: metric functions against hand-computed cases and scikit-learn, CXR-Align scoring on
+a constructed set, the published CXR-Align reader, and the evaluate stage on real checkpoints
+(skipped when unchanged, several checkpoints side by side, a learning signal over untrained)."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from sklearn.metrics import roc_auc_score, roc_curve
+
+from pipeline.core.config import compose_run
+from pipeline.core.dag import load_dag
+from pipeline.core.errors import PipelineError
+from pipeline.core.io import read_dataset
+from pipeline.core.registry import get_stage
+from pipeline.core.runner import Runner
+from pipeline.core.schemas import load_schema
+from pipeline.train import evaluate as ev
+from pipeline.train import metrics
+
+# -- metrics ---------------------------------------------------------------------------------------
+
+
+def test_auroc_hand_computed_and_ties():
+    # positives 0.35, 0.8; negatives 0.1, 0.4: pairs (0.35>0.1, 0.35<0.4, 0.8>0.1, 0.8>0.4) = 3/4
+    assert metrics.auroc(np.array([0, 0, 1, 1]), np.array([0.1, 0.4, 0.35, 0.8])) == 0.75
+    assert metrics.auroc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5  # a tie counts half
+    assert metrics.auroc(np.array([1, 0, 0]), np.array([0.9, 0.1, 0.2])) == 1.0
+    assert math.isnan(metrics.auroc(np.array([1, 1]), np.array([0.2, 0.3])))  # one class only
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_auroc_and_roc_curve_match_scikit_learn(seed):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, 300)
+    y[:2] = [0, 1]
+    scores = np.round(rng.normal(size=300) + y * 0.7, 1)  # rounded: many ties
+    assert metrics.auroc(y, scores) == pytest.approx(roc_auc_score(y, scores), abs=1e-12)
+    fpr, tpr = metrics.roc_curve(y, scores)
+    ref_fpr, ref_tpr, _ = roc_curve(y, scores, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, ref_fpr)
+    np.testing.assert_allclose(tpr, ref_tpr)
+
+
+def test_average_ranks_match_the_definition():
+    np.testing.assert_array_equal(metrics.average_ranks(np.array([3.0, 1.0, 3.0, 2.0])), [3.5, 1, 3.5, 2])
+
+
+def test_bootstrap_is_seeded_and_resamples_whole_groups():
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(50), np.ones(50)]
+    s = y + rng.normal(size=100)
+    a = metrics.bootstrap_aurocs(y, s, n=200, seed=3)
+    np.testing.assert_array_equal(a, metrics.bootstrap_aurocs(y, s, n=200, seed=3))
+    lo, hi = metrics.interval(a[:, 0])
+    assert lo < metrics.auroc(y, s) < hi and hi - lo < 0.3
+    # One group holding every sample: every resample is the full set, the interval collapses.
+    one = metrics.bootstrap_aurocs(y, s, groups=np.zeros(100), n=20, seed=0)
+    np.testing.assert_allclose(one[:, 0], metrics.auroc(y, s))
+    # NaN labels are left out of their column only; a resample lacking a class gives NaN.
+    labels = np.c_[y, np.where(np.arange(100) % 2, np.nan, y)]
+    both = metrics.bootstrap_aurocs(labels, np.c_[s, s], n=50, seed=1)
+    assert both.shape == (50, 2) and np.isfinite(both).all()
+    tiny = metrics.bootstrap_aurocs(np.array([0.0, 1.0]), np.array([0.1, 0.9]), n=200, seed=0)
+    assert np.isnan(tiny).any() and np.nanmax(tiny) == 1.0
+
+
+def test_retrieval_ranks_and_recall():
+    sim = np.array([[0.9, 0.1, 0.2], [0.5, 0.4, 0.6], [0.3, 0.1, 0.3]])
+    correct = np.eye(3, dtype=bool)
+    # row 0: correct first; row 1: 0.6 and 0.5 above 0.4 -> rank 3; row 2: tie with a wrong -> 2
+    ranks = metrics.retrieval_ranks(sim, correct)
+    np.testing.assert_array_equal(ranks, [1, 3, 2])
+    assert metrics.recall_at_k(ranks, (1, 2, 3)) == {1: 1 / 3, 2: 2 / 3, 3: 1.0}
+    # several correct candidates: the best-scored one counts
+    many = np.array([[False, True, True]])
+    assert metrics.retrieval_ranks(np.array([[0.5, 0.1, 0.4]]), many).tolist() == [2]
+    # a constant model ranks last, not first
+    assert metrics.retrieval_ranks(np.zeros((2, 4)), np.eye(2, 4, dtype=bool)).tolist() == [4, 4]
+    with pytest.raises(ValueError, match="correct candidate"):
+        metrics.retrieval_ranks(sim, np.zeros((3, 3), bool))
+
+
+def test_recall_matches_a_brute_force_count():
+    rng = np.random.default_rng(1)
+    sim = rng.normal(size=(40, 30))
+    truth = rng.integers(0, 30, 40)
+    correct = np.zeros((40, 30), bool)
+    correct[np.arange(40), truth] = True
+    ranks = metrics.retrieval_ranks(sim, correct)
+    top = np.argsort(-sim, axis=1)
+    for k in (1, 5, 10):
+        brute = np.mean([truth[i] in top[i, :k] for i in range(40)])
+        assert metrics.recall_at_k(ranks, [k])[k] == pytest.approx(brute)
+
+
+def test_wilson_interval_known_values():
+    lo, hi = metrics.wilson_interval(8, 10)
+    assert (round(lo, 3), round(hi, 3)) == (0.490, 0.943)
+    assert metrics.wilson_interval(0, 10)[0] == 0.0
+    assert all(math.isnan(x) for x in metrics.wilson_interval(0, 0))
+
+
+# -- prompts, observations, CXR-Align ---------------------------------------------------------------
+
+
+def test_observations_follow_the_labels_schema():
+    names = [c.name for c in load_schema("labels").columns if c.name not in ("report_id", "provenance")]
+    assert tuple(names) == ev.OBSERVATIONS
+
+
+def test_default_prompt_bank_covers_every_observation(tmp_path):
+    bank = ev.read_prompts()
+    assert set(bank) == set(ev.OBSERVATIONS)
+    assert all(sides["positive"] and sides["negative"] for sides in bank.values())
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        yaml.safe_dump({"observations": {"Cardiomegally": {"positive": ["a"], "negative": ["b"]}}})
+    )
+    with pytest.raises(ValueError, match="not a CheXpert observation"):
+        ev.read_prompts(bad)
+    bad.write_text(yaml.safe_dump({"observations": {"Edema": {"positive": ["edema"], "negative": []}}}))
+    with pytest.raises(ValueError, match="non-empty lists"):
+        ev.read_prompts(bad)
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v, axis=1, keepdims=True)
+
+
+def test_cxr_align_scoring_on_a_constructed_set():
+    e = np.eye(4)
+    # Four items. Image i is e0 for all; the texts are placed so the answers are known:
+    image = np.tile(e[0], (4, 1))
+    report = _unit(np.array([[1, 0.1, 0, 0], [1, 0, 0, 0], [0.2, 1, 0, 0], [1, 0, 0, 0]]))
+    negation = _unit(np.array([[0.5, 1, 0, 0], [1, 0, 0, 0], [1, 0, 0, 0], [0, 1, 0, 0]]))
+    omitted = _unit(np.array([[0.8, 0.5, 0, 0], [1, 0, 1, 0], [1, 0, 0, 0], [0.9, 0.5, 0, 0]]))
+    out = ev.align_figures(
+        image,
+        report,
+        negation,
+        omitted,
+        locations=["first", "last", "first", "middle"],
+        chosen=["a", "a", "b", "b"],
+    )
+    # Task A: item 0 right, item 1 a tie (half), item 2 wrong, item 3 right -> 2.5 / 4
+    assert out["task_a"]["accuracy"] == 0.625 and out["task_a"]["n"] == 4
+    # Task B: 0 right (0.995 > 0.848), 1 right (1 > 0.707), 2 wrong, 3 right -> 3 / 4
+    assert out["task_b"]["accuracy"] == 0.75
+    # omitted over negation: 0 right, 1 wrong (0.707 < 1), 2 tie (half), 3 right -> 2.5 / 4
+    assert out["omitted_over_negation"]["accuracy"] == 0.625
+    assert (
+        out["task_a_by_location"]["first"]["accuracy"] == 0.5
+        and out["task_a_by_location"]["middle"]["n"] == 1
+    )
+    assert out["task_a_by_finding"]["b"]["accuracy"] == 0.5
+    lo, hi = out["task_a"]["ci"]
+    assert 0 < lo < 0.625 < hi < 1
+
+
+def test_published_cxr_align_reader(tmp_path):
+    published = {
+        "mimic": {
+            "d1": {
+                "report": "Large left effusion. Heart size normal.",
+                "chosen": "Pleural Effusion",
+                "negation": "No pleural effusion is seen. Heart size normal.",
+                "omitted": "Heart size normal.",
+                "location": "first",
+            },
+            "d2": {
+                "report": "Cardiomegaly.",
+                "chosen": "Cardiomegaly",
+                "negation": "There is no evidence of cardiomegaly.",
+                "omitted": "",
+                "location": "add",
+            },
+            "d3": {"report": "x", "chosen": "Edema", "negation": "y", "omitted": "z", "location": "last"},
+        }
+    }
+    path = tmp_path / "cxr_align.json"
+    path.write_text(json.dumps(published))
+    rows = ev.read_published_align(path)
+    assert set(rows) == {"d1", "d2", "d3"} and rows["d1"]["dataset"] == "mimic"
+    images = pa.table({"image_id": ["d2", "other", "d1"], "png": [b"p2", b"po", b"p1"]})
+    items, pngs = ev.align_items_from_json(rows, images)
+    assert (items.rows, items.unmatched, len(items)) == (3, 1, 2)  # d3 has no image in the run
+    assert [pngs[i] for i in items.image] == [b"p1", b"p2"]
+    assert items.negation[0].startswith("No pleural effusion") and items.location == ["first", "add"]
+    path.write_text(json.dumps({"mimic": {"d1": {"report": "x", "chosen": "Edema"}}}))
+    with pytest.raises(ValueError, match="mimic/d1 lacks negation, omitted"):
+        ev.read_published_align(path)
+    path.write_text(json.dumps(["not", "nested"]))
+    with pytest.raises(ValueError, match="dataset"):
+        ev.read_published_align(path)
+
+
+# -- the stage on the demo run ------------------------------------------------------------------------
+
+
+def test_the_demo_dag_evaluates_its_final_checkpoint(demo_run: Path):
+    folder = demo_run / "evaluate"
+    for name in (
+        "evaluation.json",
+        "evaluation.md",
+        "summary.png",
+        "roc.png",
+        "recall.png",
+        "cxr_align.png",
+        "training.png",
+    ):
+        assert (folder / name).stat().st_size > 0, name
+    doc = json.loads((folder / "evaluation.json").read_text())
+    assert doc["format"] == "clip2clinic.evaluation" and len(doc["models"]) == 1
+    model = doc["models"][0]
+    final = [r for r in read_dataset(str(demo_run), "checkpoints").to_pylist() if r["is_final"]][0]
+    assert model["checkpoint"]["file"] == str(demo_run / final["file"])
+    assert model["checkpoint"]["sha256"] == final["sha256"] and model["config"]["preset"] == "full"
+    assert set(doc["data"]["fingerprints"]) >= {"shards/test", "checkpoints", "cxr_align", "negation_pairs"}
+    assert set(model["zero_shot"]["observations"]) == set(ev.OBSERVATIONS)
+    assert model["retrieval"]["image_to_text"]["queries"] == doc["data"]["samples"]
+    assert model["cxr_align"]["run"]["task_a"]["n"] > 0 and model["negation_probe"]["n"] > 0
+    table = read_dataset(str(demo_run), "evaluation")
+    manifest = json.loads((demo_run / "evaluation" / "_manifest.json").read_text())
+    assert manifest["rows"] == table.num_rows and manifest["complete"]
+    assert {"zero_shot", "retrieval", "cxr_align", "negation_probe"} == set(table["task"].to_pylist())
+    md = (folder / "evaluation.md").read_text()
+    assert "## Side by side" in md and "| Cardiomegaly" in md
+
+
+@pytest.fixture
+def eval_copy(demo_run: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "run"
+    shutil.copytree(demo_run, out)
+    return out
+
+
+@pytest.mark.slow
+def test_evaluate_alone_skips_when_unchanged_and_scores_several_checkpoints(eval_copy: Path, dask_client):
+    runner = Runner(str(eval_copy), dask_client)
+    stage = get_stage("evaluate")
+    config = compose_run([f"out={eval_copy}", "stages.evaluate.bootstrap=50"]).stage_config("evaluate")
+    assert runner.run_stage(stage, config).status == "ran"
+    assert runner.run_stage(stage, config).status == "skipped"  # same checkpoint, data, settings
+    files = sorted((eval_copy / "train" / "checkpoints").glob("step-*.pt"))
+    assert len(files) >= 2
+    several = replace(
+        config, checkpoints=(str(files[0]), str(files[-1])), names=("early", "late"), untrained=True
+    )
+    assert runner.run_stage(stage, several).status == "ran"
+    doc = json.loads((eval_copy / "evaluate" / "evaluation.json").read_text())
+    assert [m["name"] for m in doc["models"]] == ["early", "late", "untrained"]
+    assert doc["models"][2]["checkpoint"]["untrained"] and doc["models"][2]["checkpoint"]["step"] == 0
+    assert set(read_dataset(str(eval_copy), "evaluation")["model"].to_pylist()) == {
+        "early",
+        "late",
+        "untrained",
+    }
+    md = (eval_copy / "evaluate" / "evaluation.md").read_text()
+    assert "| early |" in md and "| untrained |" in md
+    assert runner.run_stage(stage, several).status == "skipped"
+    # A checkpoint file changed in place (retrained) is scored again.
+    copy = eval_copy / "train" / "checkpoints" / "copy.pt"
+    shutil.copyfile(files[0], copy)
+    one = replace(config, checkpoint=str(copy))
+    assert runner.run_stage(stage, one).status == "ran"
+    assert runner.run_stage(stage, one).status == "skipped"
+    shutil.copyfile(files[-1], copy)
+    assert runner.run_stage(stage, one).status == "ran"
+    doc = json.loads((eval_copy / "evaluate" / "evaluation.json").read_text())
+    assert doc["models"][0]["checkpoint"]["step"] == int(files[-1].stem.split("-")[1])
+
+
+def test_evaluate_without_a_checkpoint_names_the_fix(tmp_path: Path, demo_run: Path, dask_client):
+    out = tmp_path / "run"
+    shutil.copytree(demo_run / "shards", out / "shards")
+    for dataset in ("shards/test",):
+        assert (out / dataset / "_manifest.json").exists()
+    config = compose_run([f"out={out}"]).stage_config("evaluate")
+    with pytest.raises(PipelineError, match="stages.evaluate.checkpoint=PATH") as err:
+        Runner(str(out), dask_client).run_stage(get_stage("evaluate"), config)
+    assert err.value.code == "E_EVAL_NO_CHECKPOINT"
+    with pytest.raises(PipelineError, match="no such file") as err:
+        Runner(str(out), dask_client).run_stage(
+            get_stage("evaluate"), replace(config, checkpoint=str(tmp_path / "x.pt"))
+        )
+    assert err.value.code == "E_CONFIG_VALUE"
+
+
+# -- a learning signal --------------------------------------------------------------------------------
+
+# Findings the demo images draw (pipeline/demo/draw.py) with enough test positives to rank.
+DRAWN = ("Cardiomegaly", "Lung Opacity", "Atelectasis", "Pleural Effusion", "Support Devices", "No Finding")
+
+
+@pytest.mark.slow
+def test_a_trained_model_beats_the_untrained_one(tmp_path: Path, dask_client):
+    """The demo DAG on 600 reports (images that draw their reports), a tiny CLIP trained for ten
+    epochs on CPU, scored beside the untrained model of the same config and seed."""
+    cfg = compose_run(
+        [
+            f"dataset.root={tmp_path / 'dump'}",
+            "dataset.n_reports=600",
+            f"out={tmp_path / 'run'}",
+            "stages.train.progress=false",
+            "stages.evaluate.untrained=true",
+            "stages.evaluate.bootstrap=200",
+        ]
+    )
+    dag = load_dag("demo")
+    Runner(cfg.out, dask_client).run_dag(dag, {s.name: cfg.stage_config(s.name) for s in dag.stages})
+    doc = json.loads((Path(cfg.out) / "evaluate" / "evaluation.json").read_text())
+    trained, untrained = doc["models"]
+    assert untrained["name"] == "untrained" and trained["checkpoint"]["step"] > 100
+
+    def drawn_auroc(model: dict) -> float:
+        obs = model["zero_shot"]["observations"]
+        return float(np.mean([obs[n]["auroc"] for n in DRAWN if obs[n]["positives"] >= 5]))
+
+    # Margins well inside what the run shows (about +0.25 AUROC, +45 points Task A), so that a
+    # different draw of the demo cannot flip them, and far outside what chance gives.
+    assert drawn_auroc(trained) > drawn_auroc(untrained) + 0.1
+    assert drawn_auroc(trained) > 0.6
+    a_trained = trained["cxr_align"]["run"]["task_a"]["accuracy"]
+    assert a_trained > 0.5 and a_trained > untrained["cxr_align"]["run"]["task_a"]["accuracy"] + 0.2
+    assert trained["negation_probe"]["accuracy"] > untrained["negation_probe"]["accuracy"]
+    r10 = [m["retrieval"]["image_to_text"]["recall@10"] for m in (trained, untrained)]
+    assert r10[0] > r10[1]
+    assert (Path(cfg.out) / "evaluation" / "part-00000.parquet").exists()
+    assert (
+        pq.read_schema(Path(cfg.out) / "evaluation" / "part-00000.parquet").metadata[b"clip2clinic.schema"]
+        == b"evaluation"
+    )
