@@ -26,8 +26,8 @@ test: install  ## the whole test suite (real Dask clusters, real Parquet, real s
 	$(BIN)/python -m pytest $(ARGS)
 
 lint: install
-	$(BIN)/ruff check pipeline tests bench
-	$(BIN)/ruff format --check pipeline tests bench
+	$(BIN)/ruff check pipeline tests bench notebooks
+	$(BIN)/ruff format --check pipeline tests bench notebooks
 
 bench: install  ## every benchmark script; each prints its own figures
 	for script in bench/*.py; do $(BIN)/python $$script || exit 1; done

@@ -75,9 +75,9 @@ by_reason
 if "labels" in datasets:
     labels = read_dataset(str(RUN), "labels").to_pandas().drop(columns=["provenance"])
     observations = [c for c in labels.columns if c != "report_id"]
-    prevalence = pd.DataFrame(
-        {v: (labels[observations] == v).sum() for v in (1.0, -1.0, 0.0)}
-    ).rename(columns={1.0: "positive", -1.0: "uncertain", 0.0: "negative"})
+    prevalence = pd.DataFrame({v: (labels[observations] == v).sum() for v in (1.0, -1.0, 0.0)}).rename(
+        columns={1.0: "positive", -1.0: "uncertain", 0.0: "negative"}
+    )
     prevalence.plot.barh(stacked=True, figsize=(7, 5), title=f"labels of {len(labels)} reports")
     plt.tight_layout()
     plt.show()
@@ -118,7 +118,9 @@ if "mentions" in datasets:
     marked.append(text[last:])
     print(report_id)
     print("".join(marked))
-    example = mentions[mentions.report_id == report_id][["sentence_idx", "text", "finding", "status", "cue", "rule"]]
+    example = mentions[mentions.report_id == report_id][
+        ["sentence_idx", "text", "finding", "status", "cue", "rule"]
+    ]
 else:
     example = "no mentions in this run"
 example

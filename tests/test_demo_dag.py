@@ -1,18 +1,16 @@
-"""The demo DAG end to end on a real LocalCluster, the `make run` entry point, and the notebook."""
+"""The demo DAG end to end on a real LocalCluster and the `make run` entry point (the notebooks run in
+tests/test_notebooks.py)."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 from pathlib import Path
 
 import pytest
 
 from pipeline.core.dag import load_dag
 from pipeline.core.io import read_dataset
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_every_stage_accounts_for_every_row(demo_run: Path):
@@ -68,29 +66,6 @@ def test_make_run_entry_point(tmp_path, monkeypatch, capsys):
         assert word in printed
     assert (tmp_path / "data" / "demo" / "files").is_dir()
     assert (tmp_path / "runs" / "demo" / "labels" / "_manifest.json").exists()
-
-
-@pytest.mark.slow
-def test_inspect_notebook_executes(demo_run: Path, tmp_path):
-    import jupytext
-    from nbclient import NotebookClient
-
-    notebook = jupytext.read(REPO / "notebooks" / "inspect_run.py")
-    os.environ["CLIP2CLINIC_RUN"] = str(demo_run)
-    try:
-        NotebookClient(
-            notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-        ).execute()
-    finally:
-        os.environ.pop("CLIP2CLINIC_RUN")
-    errors = [
-        o
-        for cell in notebook.cells
-        if cell.cell_type == "code"
-        for o in cell.get("outputs", [])
-        if o.get("output_type") == "error"
-    ]
-    assert not errors
 
 
 def _label_value(v: float | None) -> str:
