@@ -12,7 +12,9 @@ Examples::
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -135,6 +137,39 @@ def agreement_table(out: str) -> Table | None:
     return table
 
 
+def evaluation_table(out: str) -> Table | None:
+    """The evaluate stage's headline figures per model, when the run has them (local runs)."""
+    path = os.path.join(out, "evaluate", "evaluation.json")
+    try:
+        with open(path) as fh:
+            models = json.load(fh)["models"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None else f"{100 * x:.1f}"
+
+    table = Table(title=f"evaluation on the test split ({os.path.join(out, 'evaluate', 'evaluation.md')})")
+    for col in ("model", "mean AUROC", "I2T R@10", "T2I R@10", "Task A", "Task B", "probe"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for m in models:
+        zs = m["zero_shot"]["mean"]
+        align = m["cxr_align"].get("run") or next(iter(m["cxr_align"].values()), {})
+        auroc = "-" if zs["auroc"] is None else f"{zs['auroc']:.3f}"
+        if zs["auroc"] is not None and zs["ci"][0] is not None:
+            auroc += f" [{zs['ci'][0]:.2f}, {zs['ci'][1]:.2f}]"
+        table.add_row(
+            m["name"],
+            auroc,
+            pct(m["retrieval"]["image_to_text"].get("recall@10")),
+            pct(m["retrieval"]["text_to_image"].get("recall@10")),
+            pct(align.get("task_a", {}).get("accuracy")),
+            pct(align.get("task_b", {}).get("accuracy")),
+            pct((m.get("negation_probe") or {}).get("accuracy")),
+        )
+    return table
+
+
 def check_inputs(dag: Dag, runner: Runner) -> None:
     """Say which inputs no stage of the DAG writes are missing under out (a single-stage run, a
     ``from_run`` DAG) before starting any work."""
@@ -190,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     console = Console()
     console.print(summary_table(reports, time.perf_counter() - started, cfg.out))
     if any(r.stage == "agreement" for r in reports) and (table := agreement_table(cfg.out)) is not None:
+        console.print(table)
+    if any(r.stage == "evaluate" for r in reports) and (table := evaluation_table(cfg.out)) is not None:
         console.print(table)
     return 0
 

@@ -74,6 +74,96 @@ def test_bootstrap_is_seeded_and_resamples_whole_groups():
     assert np.isnan(tiny).any() and np.nanmax(tiny) == 1.0
 
 
+def test_clustered_bootstrap_matches_a_brute_force_loop():
+    rng = np.random.default_rng(2)
+    sizes = [1, 3, 2, 5, 1, 4]
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    y = rng.integers(0, 2, len(groups)).astype(float)
+    y[:2] = [0, 1]
+    s = rng.normal(size=len(groups)) + y
+    got = metrics.bootstrap_aurocs(y, s, groups=groups, n=30, seed=7)[:, 0]
+    draw = np.random.default_rng(7)
+    for b in range(30):
+        chosen = draw.integers(0, len(sizes), len(sizes))
+        rows = np.concatenate([np.flatnonzero(groups == g) for g in chosen])
+        expected = metrics.auroc(y[rows], s[rows])
+        assert (math.isnan(expected) and math.isnan(got[b])) or got[b] == pytest.approx(expected)
+    means = metrics.bootstrap_means(y, groups.astype(str), n=30, seed=7)
+    draw = np.random.default_rng(7)
+    _, inverse = np.unique(groups.astype(str), return_inverse=True)
+    for b in range(30):
+        chosen = draw.integers(0, len(sizes), (1, len(sizes)))[0]
+        rows = np.concatenate([np.flatnonzero(inverse == g) for g in chosen])
+        assert means[b] == pytest.approx(y[rows].mean())
+
+
+def test_truth_mapping_of_labels_and_uncertain():
+    labels = np.array([[1.0, 0.0, np.nan, -1.0]], np.float32)
+    np.testing.assert_array_equal(ev._truth(labels, "exclude"), [[1, 0, 0, np.nan]])
+    np.testing.assert_array_equal(ev._truth(labels, "positive"), [[1, 0, 0, 1]])
+    np.testing.assert_array_equal(ev._truth(labels, "negative"), [[1, 0, 0, 0]])
+    assert np.isnan(ev._truth(labels, "exclude", np.array([True]))).all()
+
+
+def _test_set(report_ids: list[str]) -> ev.TestSet:
+    n = len(report_ids)
+    return ev.TestSet(
+        image_ids=[f"i{k}" for k in range(n)],
+        report_ids=report_ids,
+        texts=[f"report {r}" for r in report_ids],
+        labels=np.full((n, len(ev.OBSERVATIONS)), np.nan, np.float32),
+        pngs=[b""] * n,
+        views=["PA"] * n,
+    )
+
+
+def test_benchmark_and_probe_rows_of_other_splits_are_left_out():
+    test = _test_set(["r1", "r1", "r2"])
+    align = pa.table(
+        {
+            "report_id": ["r1", "r9", "r8"],
+            "split": ["test", "train", "test"],
+            "report": ["a", "b", "c"],
+            "negation": ["na", "nb", "nc"],
+            "omitted": ["oa", "ob", "oc"],
+            "location": ["first", "last", "add"],
+            "chosen": ["Edema", "Edema", "Edema"],
+        }
+    )
+    items = ev.align_items_from_table(align, test)
+    # r1's row against both of its images; r9 is another split's; r8 is a test row without an image
+    assert (items.rows, items.unmatched, items.image, items.group) == (2, 1, [0, 1], ["r1", "r1"])
+    pairs = pa.table(
+        {
+            "report_id": ["r2", "r9", "r7"],
+            "split": ["test", "train", "test"],
+            "original": ["No effusion.", "x", "y"],
+            "flipped": ["Effusion.", "x2", "y2"],
+            "method": ["cue", "cue", "cue"],
+            "original_status": ["absent", "present", "absent"],
+            "flipped_status": ["present", "absent", "present"],
+        }
+    )
+    probe = ev.probe_pairs_from_table(pairs, test)
+    assert (probe.rows, probe.unmatched, probe.image, probe.direction) == (2, 1, [2], ["absent->present"])
+
+
+def test_official_labels_replace_ours_as_truth():
+    test = _test_set(["r1", "r2"])
+    row = {o: None for o in ev.OBSERVATIONS}
+    official = pa.Table.from_pylist(
+        [
+            {"report_id": "r1", "labeler": "chexpert", **row, "Edema": 1.0},
+            {"report_id": "r2", "labeler": "negbio", **row, "Edema": 0.0},
+        ]
+    )
+    got = test.with_official_labels(official, "chexpert")
+    assert got.truth == "chexpert" and got.unlabelled.tolist() == [False, True]
+    assert got.labels[0, ev.OBSERVATIONS.index("Edema")] == 1.0
+    with pytest.raises(ValueError, match="no such labeler"):
+        test.with_official_labels(official, "chexbert")
+
+
 def test_retrieval_ranks_and_recall():
     sim = np.array([[0.9, 0.1, 0.2], [0.5, 0.4, 0.6], [0.3, 0.1, 0.3]])
     correct = np.eye(3, dtype=bool)
@@ -151,6 +241,7 @@ def test_cxr_align_scoring_on_a_constructed_set():
         omitted,
         locations=["first", "last", "first", "middle"],
         chosen=["a", "a", "b", "b"],
+        groups=["s1", "s2", "s3", "s4"],
     )
     # Task A: item 0 right, item 1 a tie (half), item 2 wrong, item 3 right -> 2.5 / 4
     assert out["task_a"]["accuracy"] == 0.625 and out["task_a"]["n"] == 4
@@ -164,7 +255,19 @@ def test_cxr_align_scoring_on_a_constructed_set():
     )
     assert out["task_a_by_finding"]["b"]["accuracy"] == 0.5
     lo, hi = out["task_a"]["ci"]
-    assert 0 < lo < 0.625 < hi < 1
+    assert 0 <= lo < 0.625 < hi <= 1 and out["task_a"]["studies"] == 4
+    # Wilson's interval without the bootstrap
+    wilson = ev.align_figures(
+        image,
+        report,
+        negation,
+        omitted,
+        locations=["x"] * 4,
+        chosen=["a"] * 4,
+        groups=["s"] * 4,
+        settings=ev.ScoreSettings(bootstrap=0),
+    )
+    assert wilson["task_a"]["ci"] == pytest.approx(list(metrics.wilson_interval(2.5, 4)))
 
 
 def test_published_cxr_align_reader(tmp_path):
@@ -278,6 +381,27 @@ def test_evaluate_alone_skips_when_unchanged_and_scores_several_checkpoints(eval
     assert runner.run_stage(stage, one).status == "ran"
     doc = json.loads((eval_copy / "evaluate" / "evaluation.json").read_text())
     assert doc["models"][0]["checkpoint"]["step"] == int(files[-1].stem.split("-")[1])
+    # The run folder itself as the checkpoint: only the scored file and its tokenizer are hashed,
+    # so the stage's own outputs under the folder do not make it rerun forever.
+    by_run = replace(config, checkpoint=str(eval_copy))
+    assert runner.run_stage(stage, by_run).status == "ran"
+    assert runner.run_stage(stage, by_run).status == "skipped"
+
+
+def test_an_undecodable_test_image_is_left_out_of_every_figure(demo_run: Path):
+    test = ev.read_test_set(demo_run / "shards" / "test")
+    test.pngs[0] = b"not a png"
+    data = ev.EvalData(test=test)
+    data.align.append(ev.align_items_from_table(read_dataset(str(demo_run), "cxr_align"), test))
+    data.probe = ev.probe_pairs_from_table(read_dataset(str(demo_run), "negation_pairs"), test)
+    loaded = ev.load_model(demo_run / "train")
+    figures, curves = ev.score(loaded, data, ev.read_prompts(), ev.ScoreSettings(bootstrap=20))
+    assert figures["undecodable_images"] == 1 and figures["samples"] == len(test)
+    assert figures["retrieval"]["image_to_text"]["queries"] == len(test) - 1
+    first = sum(1 for i in data.align[0].image if i == 0)
+    assert figures["cxr_align"]["run"]["task_a"]["n"] == len(data.align[0]) - first
+    assert figures["negation_probe"]["n"] == len(data.probe) - sum(1 for i in data.probe.image if i == 0)
+    json.dumps(figures, allow_nan=False)  # every undefined figure is None, not NaN
 
 
 def test_evaluate_without_a_checkpoint_names_the_fix(tmp_path: Path, demo_run: Path, dask_client):
@@ -330,6 +454,10 @@ def test_a_trained_model_beats_the_untrained_one(tmp_path: Path, dask_client):
     # different draw of the demo cannot flip them, and far outside what chance gives.
     assert drawn_auroc(trained) > drawn_auroc(untrained) + 0.1
     assert drawn_auroc(trained) > 0.6
+    means = [m["zero_shot"]["mean"]["auroc"] for m in (trained, untrained)]
+    assert means[0] > means[1] + 0.1
+    b = [m["cxr_align"]["run"]["task_b"]["accuracy"] for m in (trained, untrained)]
+    assert b[0] > b[1] + 0.15
     a_trained = trained["cxr_align"]["run"]["task_a"]["accuracy"]
     assert a_trained > 0.5 and a_trained > untrained["cxr_align"]["run"]["task_a"]["accuracy"] + 0.2
     assert trained["negation_probe"]["accuracy"] > untrained["negation_probe"]["accuracy"]

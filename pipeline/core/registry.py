@@ -47,7 +47,8 @@ STAGE_MODULES: tuple[str, ...] = (
 Tables = Mapping[str, pa.Table]
 
 # Config field metadata key: the field names a local file or folder whose bytes join the stage's
-# fingerprint (``field(default=None, metadata={CONTENT: True})``).
+# fingerprint (``field(default=None, metadata={CONTENT: True})``; or a function of the value that
+# lists the files to hash).
 CONTENT = "content"
 
 

@@ -151,7 +151,8 @@ def _config_dict(config: Any) -> dict[str, Any]:
 
 def content_digest(config: Any) -> dict[str, str]:
     """Digests of the local files (or folders) named by config fields marked ``metadata={"content": True}``
-    (a field may also hold a tuple of paths).
+    (a field may also hold a tuple of paths). ``{"content": fn}``: ``fn(value)`` lists the files
+    to hash (a training folder's scored checkpoint, not every file under it).
 
     A lexicon folder or a RadGraph file edited in place must rerun its stage even though the
     path in the config did not change. Other paths (dump roots) are not read: sources
@@ -162,14 +163,20 @@ def content_digest(config: Any) -> dict[str, str]:
     out = {}
     for f in fields(config):
         value = getattr(config, f.name)
-        if not f.metadata.get(CONTENT) or not value:
+        content = f.metadata.get(CONTENT)
+        if not content or not value:
             continue
         digest = hashlib.sha256()
         for item in value if isinstance(value, tuple | list) else (value,):
             path = Path(str(item))
-            paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+            if callable(content):  # the field names more than it uses: hash what it uses
+                paths = [Path(p) for p in content(str(item))]
+            else:
+                paths = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
             for p in paths:
-                digest.update(str(p.relative_to(path) if path.is_dir() else p.name).encode())
+                digest.update(
+                    str(p.relative_to(path) if path.is_dir() and p.is_relative_to(path) else p.name).encode()
+                )
                 if not p.exists():
                     digest.update(b"<missing>")
                     continue

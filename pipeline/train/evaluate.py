@@ -13,18 +13,22 @@ Definitions (also in the README):
 
 * **Zero-shot.** Per observation, the image's probability of the positive class is the softmax,
   at the model's logit scale, of its similarity to the mean positive prompt embedding against
-  the mean negative one. Truth is the report's CheXpert label: 1 positive; 0 and blank negative
-  (a finding the report does not mention is taken as absent); -1 as ``uncertain`` says (left out
-  by default). AUROC with a percentile bootstrap interval resampling whole studies.
+  the mean negative one (ranked by the logit difference, which the softmax only squashes). Truth
+  is the report's CheXpert-style label, ours (``labels``) or the dump's official labeler's
+  (``TestSet.with_official_labels``): 1 positive; 0 and blank negative (a finding the report does
+  not mention is taken as absent); -1 as ``uncertain`` says (left out by default). AUROC with a
+  percentile bootstrap interval resampling whole studies.
 * **Retrieval.** Candidates are the distinct report texts of the split (two studies with the
   same words are one candidate). Image to text: the rank of the image's report text; text to
   image: the rank of the best-ranked image of that text. Ties count against the model.
 * **CXR-Align.** One item per (benchmark row, image of its study): Task A is right when the
   image is nearer ``report`` than ``negation``, Task B when nearer ``report`` than ``omitted``;
   ``omitted_over_negation`` when nearer ``omitted`` than ``negation`` (the denial alone pushed
-  the text away). Wilson 95% intervals.
+  the text away). Intervals: percentile bootstrap over studies (Wilson's with ``bootstrap=0``).
 * **Negation probe.** Per ``negation_pairs`` row and image of its study: is the original sentence
-  nearer the image than its polarity flip (text tower only; nothing is trained on these pairs).
+  nearer the image than its polarity flip. Only the text differs between the two, one sentence
+  each: it asks whether the text tower turns a single negation into a different place in the
+  shared space (nothing is trained on these pairs).
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import torch
 import yaml
@@ -83,7 +89,9 @@ class ScoreSettings:
     """How figures are computed (the ``evaluate`` stage's knobs of the same names)."""
 
     uncertain: str = "exclude"  # -1 labels: exclude | positive | negative
-    bootstrap: int = 1000  # resamples for the AUROC intervals (0: none)
+    bootstrap: int = (
+        1000  # resamples (of whole studies) for every interval; 0: Wilson for shares, none for AUROC
+    )
     level: float = 0.95  # interval coverage
     seed: int = 0
     ks: tuple[int, ...] = (1, 5, 10)
@@ -212,10 +220,11 @@ def _known_sha256(file: Path) -> str:
     return ckpt._sha256(file)
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[Any]:
+    """The trainer's autocast (pipeline/train/loop.py): bf16 on CUDA for auto, fp32 on CPU."""
+    if device.type != "cuda" or precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.float16 if precision == "fp16" else torch.bfloat16)
 
 
 @torch.no_grad()
@@ -238,7 +247,7 @@ def encode_images(
         positions = np.arange(start, start + len(chunk))
         images, ok = decode_valid(chunk, positions, seed=0, epoch=0, cfg=view)
         if ok.any():
-            with _autocast(device):
+            with _autocast(device, cfg.precision):
                 emb = model.encode_image(images.to(device))
             out[positions[ok]] = emb.float().cpu().numpy()
         good[positions] = ok
@@ -270,7 +279,7 @@ def encode_texts(
             max_length=cfg.model.text.max_length,
             return_tensors="pt",
         )
-        with _autocast(device):
+        with _autocast(device, cfg.precision):
             emb = model.encode_text(enc["input_ids"].to(device), enc["attention_mask"].to(device))
         out[rows] = emb.float().cpu().numpy()
         if progress:
@@ -291,6 +300,27 @@ class TestSet:
     labels: np.ndarray  # (N, 14) float32: 1, 0, -1, NaN (blank)
     pngs: list[bytes]
     views: list[str | None]
+    truth: str = "labels"  # where ``labels`` came from: our labels, or an official labeler's
+    unlabelled: np.ndarray | None = None  # (N,) bool: no truth for this image (left out of AUROC)
+
+    def with_official_labels(self, official: pa.Table, labeler: str) -> TestSet:
+        """The same images with ``labeler``'s rows of the ``official_labels`` table as truth
+        (the dump's CheXpert or NegBio labels); images of reports it lacks are left out.
+
+        Raises ValueError when the table has no row of that labeler.
+        """
+        rows = [r for r in official.to_pylist() if r["labeler"] == labeler]
+        if not rows:
+            found = sorted(set(official.column("labeler").to_pylist())) if official.num_rows else []
+            raise ValueError(
+                f"truth={labeler!r}: official_labels has no such labeler (it has {found or 'none'})"
+            )
+        by_report = {r["report_id"]: [np.nan if r[o] is None else r[o] for o in OBSERVATIONS] for r in rows}
+        labels = np.array(
+            [by_report.get(r, [np.nan] * len(OBSERVATIONS)) for r in self.report_ids], np.float32
+        )
+        missing = np.array([r not in by_report for r in self.report_ids], bool)
+        return replace(self, labels=labels, truth=labeler, unlabelled=missing)
 
     def __len__(self) -> int:
         return len(self.image_ids)
@@ -313,14 +343,16 @@ class AlignItems:
     omitted: list[str] = field(default_factory=list)
     location: list[str] = field(default_factory=list)
     chosen: list[str] = field(default_factory=list)
+    group: list[str] = field(default_factory=list)  # the study: resampled as one in the intervals
     rows: int = 0  # benchmark rows read
     unmatched: int = 0  # rows whose study has no image here
 
     def __len__(self) -> int:
         return len(self.image)
 
-    def add(self, image: int, row: dict[str, Any]) -> None:
+    def add(self, image: int, row: dict[str, Any], group: str) -> None:
         self.image.append(image)
+        self.group.append(group)
         for key in ("report", "negation", "omitted", "location", "chosen"):
             getattr(self, key).append(str(row.get(key) or ""))
 
@@ -334,6 +366,7 @@ class ProbePairs:
     flipped: list[str] = field(default_factory=list)
     method: list[str] = field(default_factory=list)
     direction: list[str] = field(default_factory=list)  # "present->absent", ...
+    group: list[str] = field(default_factory=list)  # the report: resampled as one in the intervals
     rows: int = 0
     unmatched: int = 0
 
@@ -390,12 +423,14 @@ def align_items_from_table(table: pa.Table, test: TestSet) -> AlignItems:
     items = AlignItems("run")
     by_report = test.images_of()
     for row in table.to_pylist():
+        if row["report_id"] not in by_report and row.get("split") not in (None, "test"):
+            continue  # a benchmark row of another split: not part of this evaluation
         items.rows += 1
         images = by_report.get(row["report_id"], [])
         if not images:
             items.unmatched += 1
         for i in images:
-            items.add(i, row)
+            items.add(i, row, row["report_id"])
     return items
 
 
@@ -428,29 +463,45 @@ def read_published_align(path: str | Path) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def read_images(folder: str | Path, image_ids: Iterable[str]) -> pa.Table:
+    """``image_id``, ``png`` and ``report_id`` of the named images of an ``images`` dataset folder,
+    streamed part by part (MIMIC's 377k PNGs are tens of GB; only the wanted ones are kept)."""
+    wanted = pa.array(sorted(set(image_ids)), pa.string())
+    files = sorted(str(p) for p in Path(folder).glob("part-*.parquet"))
+    if not files or not len(wanted):
+        return pa.table(
+            {
+                "image_id": pa.array([], pa.string()),
+                "png": pa.array([], pa.binary()),
+                "report_id": pa.array([], pa.string()),
+            }
+        )
+    dataset = pds.dataset(files, format="parquet")
+    return dataset.to_table(
+        columns=["image_id", "png", "report_id"], filter=pc.field("image_id").isin(wanted)
+    )
+
+
 def align_items_from_json(
     rows: dict[str, dict[str, Any]], images: pa.Table
 ) -> tuple[AlignItems, list[bytes]]:
-    """Items of a published CXR-Align file, their images found in the run's ``images`` dataset by
-    ``image_id`` (MIMIC's dicom_id); returns the items and the PNGs they index."""
+    """Items of a published CXR-Align file, their images found in the run's ``images`` rows by
+    ``image_id`` (MIMIC's dicom_id; :func:`read_images`); returns the items and the PNGs they index."""
     items = AlignItems("json")
     pngs: list[bytes] = []
-    found = {}
-    if images.num_rows:
-        ids = images.column("image_id").to_pylist()
-        wanted = [i for i, image_id in enumerate(ids) if image_id in rows]
-        if wanted:
-            picked = images.take(pa.array(wanted))
-            found = dict(
-                zip(picked.column("image_id").to_pylist(), picked.column("png").to_pylist(), strict=True)
-            )
+    columns = images.column_names
+    found = {
+        r["image_id"]: (r["png"], r.get("report_id") if "report_id" in columns else None)
+        for r in images.to_pylist()
+        if r["image_id"] in rows
+    }
     for dicom_id, row in rows.items():
         items.rows += 1
-        png = found.get(dicom_id)
-        if png is None:
+        if dicom_id not in found:
             items.unmatched += 1
             continue
-        items.add(len(pngs), row)
+        png, report_id = found[dicom_id]
+        items.add(len(pngs), row, report_id or dicom_id)
         pngs.append(png)
     return items, pngs
 
@@ -467,6 +518,7 @@ def probe_pairs_from_table(table: pa.Table, test: TestSet) -> ProbePairs:
         if not images:
             pairs.unmatched += 1
         for i in images:
+            pairs.group.append(row["report_id"])
             pairs.image.append(i)
             pairs.original.append(row["original"])
             pairs.flipped.append(row["flipped"])
@@ -478,10 +530,13 @@ def probe_pairs_from_table(table: pa.Table, test: TestSet) -> ProbePairs:
 # -- scoring -------------------------------------------------------------------------------------
 
 
-def _truth(labels: np.ndarray, uncertain: str) -> np.ndarray:
-    """Binary truth with NaN for left-out rows: 1 -> 1, 0 and blank -> 0, -1 per ``uncertain``."""
+def _truth(labels: np.ndarray, uncertain: str, unlabelled: np.ndarray | None = None) -> np.ndarray:
+    """Binary truth with NaN for left-out rows: 1 -> 1, 0 and blank -> 0, -1 per ``uncertain``;
+    ``unlabelled`` rows (no truth at all) are left out."""
     truth = np.where(np.isnan(labels), 0.0, labels).astype(np.float64)
     truth[labels == -1] = {"exclude": np.nan, "positive": 1.0, "negative": 0.0}[uncertain]
+    if unlabelled is not None:
+        truth[unlabelled] = np.nan
     return truth
 
 
@@ -489,11 +544,18 @@ def _nan(x: float) -> float | None:
     return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
 
 
-def _proportion(hits: np.ndarray, level: float) -> dict[str, Any]:
+def _proportion(hits: np.ndarray, groups: Sequence[str], settings: ScoreSettings) -> dict[str, Any]:
+    """A share with its interval: a percentile bootstrap resampling whole studies (the items of
+    one study share its texts and are not independent), or Wilson's with ``bootstrap=0``."""
     n = len(hits)
     acc = float(hits.mean()) if n else math.nan
-    lo, hi = metrics.wilson_interval(float(hits.sum()), n, 0.95 if level not in (0.9, 0.99) else level)
-    return {"accuracy": _nan(acc), "ci": [_nan(lo), _nan(hi)], "n": n}
+    if settings.bootstrap and n:
+        lo, hi = metrics.interval(
+            metrics.bootstrap_means(hits, groups, n=settings.bootstrap, seed=settings.seed), settings.level
+        )
+    else:
+        lo, hi = metrics.wilson_interval(float(hits.sum()), n, settings.level)
+    return {"accuracy": _nan(acc), "ci": [_nan(lo), _nan(hi)], "n": n, "studies": len(set(groups))}
 
 
 def _pair_hits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -501,11 +563,13 @@ def _pair_hits(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a > b).astype(np.float64) + 0.5 * (a == b)
 
 
-def _by(keys: Sequence[str], hits: np.ndarray, level: float) -> dict[str, Any]:
-    groups: dict[str, list[int]] = defaultdict(list)
+def _by(
+    keys: Sequence[str], hits: np.ndarray, groups: Sequence[str], settings: ScoreSettings
+) -> dict[str, Any]:
+    by: dict[str, list[int]] = defaultdict(list)
     for i, key in enumerate(keys):
-        groups[key].append(i)
-    return {k: _proportion(hits[idx], level) for k, idx in sorted(groups.items())}
+        by[key].append(i)
+    return {k: _proportion(hits[idx], [groups[i] for i in idx], settings) for k, idx in sorted(by.items())}
 
 
 def align_figures(
@@ -516,19 +580,20 @@ def align_figures(
     *,
     locations: Sequence[str],
     chosen: Sequence[str],
-    level: float = 0.95,
+    groups: Sequence[str],
+    settings: ScoreSettings = ScoreSettings(),
 ) -> dict[str, Any]:
     """CXR-Align accuracies from unit embeddings, one row per item (all (N, D)): Task A (image
     nearer report than negation), Task B (report over omitted), omitted over negation, and Task
-    A per denial location and per chosen finding."""
+    A per denial location and per chosen finding. ``groups``: each item's study."""
     s_r, s_n, s_o = ((image * t).sum(axis=1) for t in (report, negation, omitted))
     task_a = _pair_hits(s_r, s_n)
     return {
-        "task_a": _proportion(task_a, level),
-        "task_b": _proportion(_pair_hits(s_r, s_o), level),
-        "omitted_over_negation": _proportion(_pair_hits(s_o, s_n), level),
-        "task_a_by_location": _by(locations, task_a, level),
-        "task_a_by_finding": _by(chosen, task_a, level),
+        "task_a": _proportion(task_a, groups, settings),
+        "task_b": _proportion(_pair_hits(s_r, s_o), groups, settings),
+        "omitted_over_negation": _proportion(_pair_hits(s_o, s_n), groups, settings),
+        "task_a_by_location": _by(locations, task_a, groups, settings),
+        "task_a_by_finding": _by(chosen, task_a, groups, settings),
     }
 
 
@@ -597,6 +662,8 @@ def score(
 
     scale = float(loaded.model.scale().detach().cpu())
     keep = np.flatnonzero(good)
+    if not len(keep):
+        raise ValueError(f"none of the {len(test)} test images decodes: rebuild the shards (stage=shards)")
     groups = np.array(test.report_ids, dtype=object)[keep]
     result: dict[str, Any] = {
         "samples": len(test),
@@ -607,16 +674,20 @@ def score(
     # Zero-shot classification.
     start = time.perf_counter()
     names = [n for n in OBSERVATIONS if n in prompts]
-    truth = _truth(test.labels[keep][:, [OBSERVATIONS.index(n) for n in names]], settings.uncertain)
+    truth = _truth(
+        test.labels[keep][:, [OBSERVATIONS.index(n) for n in names]],
+        settings.uncertain,
+        None if test.unlabelled is None else test.unlabelled[keep],
+    )
+    # The pair softmax's probability of the positive class is sigmoid(scale * (s_pos - s_neg)):
+    # the logit difference ranks the same and never saturates into ties (at scale 100 the
+    # float64 softmax is exactly 1 beyond a cosine gap of 0.37).
     probs = np.zeros((len(keep), len(names)))
     for k, name in enumerate(names):
         pos = emb(prompts[name]["positive"]).mean(axis=0)
         neg = emb(prompts[name]["negative"]).mean(axis=0)
-        pair = np.stack([pos / np.linalg.norm(pos), neg / np.linalg.norm(neg)])
-        logits = scale * image_emb[keep] @ pair.T
-        logits -= logits.max(axis=1, keepdims=True)
-        e = np.exp(logits)
-        probs[:, k] = e[:, 0] / e.sum(axis=1)
+        direction = pos / np.linalg.norm(pos) - neg / np.linalg.norm(neg)
+        probs[:, k] = scale * (image_emb[keep].astype(np.float64) @ direction)
     boot = (
         metrics.bootstrap_aurocs(truth, probs, groups=groups, n=settings.bootstrap, seed=settings.seed)
         if settings.bootstrap
@@ -659,8 +730,13 @@ def score(
         "observations": observations,
         "mean": mean_of(names),
         "chexpert5": mean_of(CHEXPERT5),
+        "truth": test.truth,
         "uncertain": settings.uncertain,
         "bootstrap": settings.bootstrap,
+        # resamples that held both classes of every observation in the mean (the mean's interval)
+        "bootstrap_used": int(
+            (~np.isnan(boot[:, [names.index(n) for n in mean_of(names)["observations"]]]).any(axis=1)).sum()
+        ),
         "min_positives": settings.min_positives,
     }
     timings["zero_shot"] = time.perf_counter() - start
@@ -676,7 +752,7 @@ def score(
     for direction, s, c in (("image_to_text", sim, correct), ("text_to_image", sim.T, correct.T)):
         ranks = metrics.retrieval_ranks(s, c)
         retrieval[direction] = {
-            **{f"recall@{k}": v for k, v in metrics.recall_at_k(ranks, settings.ks).items()},
+            **{f"recall@{k}": _nan(v) for k, v in metrics.recall_at_k(ranks, settings.ks).items()},
             "median_rank": float(np.median(ranks)),
             "mean_rank": float(np.mean(ranks)),
             "queries": int(s.shape[0]),
@@ -702,7 +778,8 @@ def score(
             emb(pick(items.omitted)),
             locations=pick(items.location),
             chosen=pick(items.chosen),
-            level=settings.level,
+            groups=pick(items.group),
+            settings=settings,
         )
         result["cxr_align"][items.source] = {**figures, "rows": items.rows, "unmatched_rows": items.unmatched}
     timings["cxr_align"] = time.perf_counter() - start
@@ -716,11 +793,12 @@ def score(
         s_orig = (image_emb[idx] * emb([t for t, v in zip(p.original, valid, strict=True) if v])).sum(axis=1)
         s_flip = (image_emb[idx] * emb([t for t, v in zip(p.flipped, valid, strict=True) if v])).sum(axis=1)
         hits = _pair_hits(s_orig, s_flip)
+        groups = [g for g, v in zip(p.group, valid, strict=True) if v]
         result["negation_probe"] = {
-            **_proportion(hits, settings.level),
-            "by_method": _by([m for m, v in zip(p.method, valid, strict=True) if v], hits, settings.level),
+            **_proportion(hits, groups, settings),
+            "by_method": _by([m for m, v in zip(p.method, valid, strict=True) if v], hits, groups, settings),
             "by_direction": _by(
-                [d for d, v in zip(p.direction, valid, strict=True) if v], hits, settings.level
+                [d for d, v in zip(p.direction, valid, strict=True) if v], hits, groups, settings
             ),
             "rows": p.rows,
             "unmatched_rows": p.unmatched,

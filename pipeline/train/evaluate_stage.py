@@ -40,16 +40,34 @@ STAGE = "evaluate"
 FOLDER = "evaluate"  # under the run's out
 
 
+def scored_files(path: str) -> list[str]:
+    """The files of checkpoint ``path`` that scoring reads: the checkpoint itself (a training
+    folder's final one) and its tokenizer. Their bytes join the fingerprint; a folder's other
+    checkpoints, and a run folder's other datasets, do not."""
+    from pipeline.train.evaluate import resolve_checkpoint  # torch: only when a path is given
+
+    try:
+        file = resolve_checkpoint(path)
+    except ValueError:
+        return [path]  # missing: the stage says so
+    folder = file.parent.parent if file.parent.name == "checkpoints" else file.parent
+    tokenizer = sorted(str(p) for p in (folder / "tokenizer").glob("*") if p.is_file())
+    return [str(file), *tokenizer]
+
+
 @dataclass(frozen=True)
 class EvaluateConfig:
     # What to score. Empty: the run's final checkpoint (the `checkpoints` dataset). Paths are
     # checkpoint files or training folders (their final checkpoint); their bytes join the
     # stage's fingerprint, so a retrained file is scored again.
-    checkpoint: str = field(default="", metadata={CONTENT: True})
-    checkpoints: tuple[str, ...] = field(default=(), metadata={CONTENT: True})
+    checkpoint: str = field(default="", metadata={CONTENT: scored_files})
+    checkpoints: tuple[str, ...] = field(default=(), metadata={CONTENT: scored_files})
     names: tuple[str, ...] = ()  # table labels for checkpoint(s), in order; default preset@step
     every_checkpoint: bool = False  # the run's kept checkpoints over training, not only the final
     untrained: bool = False  # add the untrained model (same config and seed) as a reference row
+    # Zero-shot truth: our `labels` (in the shards), or an official labeler's rows of the run's
+    # `official_labels` (chexpert, negbio: MIMIC-CXR's own files).
+    truth: str = "labels"
     # Zero-shot: the prompt bank (default pipeline/train/prompts.yaml) and -1 labels' fate.
     prompts: str = field(default="", metadata={CONTENT: True})
     uncertain: str = "exclude"  # exclude | positive | negative
@@ -99,7 +117,8 @@ def chosen_checkpoints(config: EvaluateConfig, ctx: CorpusContext) -> list[tuple
     if config.names and len(config.names) != len(given):
         raise PipelineError(
             "E_CONFIG_VALUE",
-            f"stages.evaluate.names has {len(config.names)} labels for {len(given)} checkpoints; give one per checkpoint",
+            f"stages.evaluate.names has {len(config.names)} labels for {len(given)} checkpoints given; names "
+            "label stages.evaluate.checkpoint / checkpoints, one per checkpoint in order",
         )
     if given:
         names = list(config.names) or [""] * len(given)
@@ -181,7 +200,7 @@ def evaluation_table(results: list[dict[str, Any]]) -> pa.Table:
     STAGE,
     version=1,
     inputs=("shards/test",),
-    optional_inputs=("checkpoints", "cxr_align", "negation_pairs", "images"),
+    optional_inputs=("checkpoints", "cxr_align", "negation_pairs", "images", "official_labels"),
     outputs=("evaluation",),
     config=EvaluateConfig,
 )
@@ -204,37 +223,22 @@ def evaluate(ctx: CorpusContext, *, config: EvaluateConfig) -> None:
 
         from pipeline.train import evaluate as ev
         from pipeline.train import report
+        from pipeline.train.config import to_dict
     except ImportError as exc:
         raise PipelineError(
             "E_TRAIN_DEPS", f"stage 'evaluate' needs PyTorch and matplotlib: pip install '.[train]' ({exc})"
         ) from exc
+    if config.device == "cuda" and not torch.cuda.is_available():
+        raise PipelineError(
+            "E_CONFIG_VALUE",
+            "stages.evaluate.device=cuda, but torch sees no CUDA device here; use device=auto",
+        )
+    device = "cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu"
     out = Path(os.path.abspath(ctx.store.root))
     present = set(ctx.runner.present_optional_inputs(ctx.stage))
     started = time.perf_counter()
-    test = ev.read_test_set(out / "shards" / "test", max_samples=config.max_samples)
-    data = ev.EvalData(test=test, fingerprints=ctx.runner.upstream_fingerprints(ctx.stage))
-    if "cxr_align" in present:
-        data.align.append(ev.align_items_from_table(read_dataset(ctx.out, "cxr_align"), test))
-    if config.cxr_align_json:
-        if "images" not in present:
-            raise PipelineError(
-                "E_INPUT_MISSING",
-                "stages.evaluate.cxr_align_json locates its images through the run's `images` dataset, "
-                f"which is not complete under {ctx.out}: run the images stage first (dag=preprocess).",
-            )
-        rows = ev.read_published_align(config.cxr_align_json)
-        images = read_dataset(ctx.out, "images", columns=["image_id", "png"])
-        items, pngs = ev.align_items_from_json(rows, images)
-        data.align.append(items)
-        data.align_pngs["json"] = pngs
-        if items.unmatched:
-            log.warning(
-                "evaluate: %d of %d CXR-Align items name an image this run does not hold",
-                items.unmatched,
-                items.rows,
-            )
-    if "negation_pairs" in present:
-        data.probe = ev.probe_pairs_from_table(read_dataset(ctx.out, "negation_pairs"), test)
+    data = _read_data(ctx, config, ev, out, present)
+    test = data.test
     prompts = ev.read_prompts(config.prompts or None)
     settings = ev.ScoreSettings(
         uncertain=config.uncertain,
@@ -245,11 +249,6 @@ def evaluate(ctx: CorpusContext, *, config: EvaluateConfig) -> None:
         batch_size=config.batch_size,
         min_positives=config.min_positives,
     )
-    device = (
-        "cuda"
-        if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available())
-        else "cpu"
-    )
     log.info(
         "evaluate: %d test images, %d model(s), on %s", len(test), len(chosen) + config.untrained, device
     )
@@ -257,15 +256,13 @@ def evaluate(ctx: CorpusContext, *, config: EvaluateConfig) -> None:
     models: list[tuple[str, str, bool]] = [(path, name, False) for path, name in chosen]
     if config.untrained:
         models.append((chosen[0][0], "untrained", True))
-    results, curves, training = [], [], {}
+    results, curves = [], []
     for path, name, untrained in models:
         try:
             loaded = ev.load_model(path, device=device, untrained=untrained, name=name)
+            figures, curve = ev.score(loaded, data, prompts, settings)
         except ValueError as exc:
             raise PipelineError("E_EVAL_CHECKPOINT", f"stage 'evaluate': {exc}") from exc
-        figures, curve = ev.score(loaded, data, prompts, settings)
-        from pipeline.train.config import to_dict
-
         results.append(
             {"name": loaded.name, "checkpoint": loaded.info, "config": to_dict(loaded.config), **figures}
         )
@@ -276,12 +273,14 @@ def evaluate(ctx: CorpusContext, *, config: EvaluateConfig) -> None:
             figures["zero_shot"]["mean"]["auroc"],
             next(iter(figures["cxr_align"].values()), {}).get("task_a", {}).get("accuracy"),
         )
-        if not untrained:
-            folder = Path(loaded.info["train_folder"])
-            label = loaded.name if len(chosen) > 1 else folder.parent.name or loaded.name
-            training.setdefault(str(folder), (label, report.read_metrics(folder / "metrics.jsonl")))
         del loaded
     _unique_names(results)
+    training: dict[str, tuple[str, list[dict[str, Any]]]] = {}
+    for r in results:  # one training curve per training folder, under its model's final name
+        if not r["checkpoint"]["untrained"]:
+            folder = Path(r["checkpoint"]["train_folder"])
+            label = r["name"] if len(chosen) > 1 else folder.parent.name or r["name"]
+            training.setdefault(str(folder), (label, report.read_metrics(folder / "metrics.jsonl")))
     meta = {
         "data": {
             "shards": str(out / "shards" / "test"),
@@ -291,8 +290,12 @@ def evaluate(ctx: CorpusContext, *, config: EvaluateConfig) -> None:
             "cxr_align_json": config.cxr_align_json or None,
         },
         "settings": {
+            "truth": config.truth,
             "uncertain": config.uncertain,
             "bootstrap": config.bootstrap,
+            "intervals": "percentile bootstrap over studies"
+            if config.bootstrap
+            else "Wilson (shares), none (AUROC)",
             "level": config.level,
             "seed": config.seed,
             "ks": list(config.ks),
@@ -313,6 +316,48 @@ def evaluate(ctx: CorpusContext, *, config: EvaluateConfig) -> None:
         0, commit_corpus_part(ctx.out, STAGE, 0, {"evaluation": table}, ctx.fingerprint, n, n, extra=extra)
     )
     log.info("evaluate: %s", folder / "evaluation.md")
+
+
+def _read_data(ctx: CorpusContext, config: EvaluateConfig, ev: Any, out: Path, present: set[str]) -> Any:
+    """The test split and what else is scored on it (``ev`` is pipeline.train.evaluate)."""
+    test = ev.read_test_set(out / "shards" / "test", max_samples=config.max_samples)
+    if config.truth != "labels":
+        if "official_labels" not in present:
+            raise PipelineError(
+                "E_INPUT_MISSING",
+                f"stages.evaluate.truth={config.truth} reads the run's `official_labels`, which is not complete "
+                f"under {ctx.out} (a dump with label files: MIMIC-CXR, CheXpert); use truth=labels.",
+            )
+        try:
+            test = test.with_official_labels(read_dataset(ctx.out, "official_labels"), config.truth)
+        except ValueError as exc:
+            raise PipelineError("E_CONFIG_VALUE", f"stages.evaluate: {exc}") from exc
+    data = ev.EvalData(test=test, fingerprints=ctx.runner.upstream_fingerprints(ctx.stage))
+    if "cxr_align" in present:
+        data.align.append(ev.align_items_from_table(read_dataset(ctx.out, "cxr_align"), test))
+    if config.cxr_align_json:
+        if "images" not in present:
+            raise PipelineError(
+                "E_INPUT_MISSING",
+                "stages.evaluate.cxr_align_json locates its images through the run's `images` dataset, "
+                f"which is not complete under {ctx.out}: run the images stage first (dag=preprocess).",
+            )
+        try:
+            rows = ev.read_published_align(config.cxr_align_json)
+        except ValueError as exc:
+            raise PipelineError("E_CONFIG_VALUE", f"stages.evaluate: {exc}") from exc
+        items, pngs = ev.align_items_from_json(rows, ev.read_images(out / "images", rows))
+        data.align.append(items)
+        data.align_pngs["json"] = pngs
+        if items.unmatched:
+            log.warning(
+                "evaluate: %d of %d CXR-Align items name an image this run does not hold",
+                items.unmatched,
+                items.rows,
+            )
+    if "negation_pairs" in present:
+        data.probe = ev.probe_pairs_from_table(read_dataset(ctx.out, "negation_pairs"), test)
+    return data
 
 
 def _unique_names(results: list[dict[str, Any]]) -> None:

@@ -96,6 +96,19 @@ def bootstrap_aurocs(
     return out
 
 
+def bootstrap_means(
+    values: np.ndarray, groups: Sequence[str] | np.ndarray, *, n: int = 1000, seed: int = 0
+) -> np.ndarray:
+    """The mean of ``values`` over ``n`` resamples of whole groups: an (n,) array (a group's items
+    stay together; the mean is over the resample's items)."""
+    values = np.asarray(values, np.float64)
+    _, inverse = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
+    sums = np.bincount(inverse, weights=values)
+    counts = np.bincount(inverse).astype(np.float64)
+    chosen = np.random.default_rng(seed).integers(0, len(counts), (n, len(counts)))
+    return sums[chosen].sum(axis=1) / counts[chosen].sum(axis=1)
+
+
 def interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """The percentile interval of the finite ``samples`` (NaN, NaN when there are none)."""
     samples = np.asarray(samples, np.float64)

@@ -89,9 +89,9 @@ def markdown(results: Sequence[dict[str, Any]], meta: dict[str, Any]) -> str:
     data = meta.get("data", {})
     out.append(
         f"Test split: {data.get('samples', '?')} images of {data.get('reports', '?')} reports "
-        f"({data.get('shards', '')}). AUROC intervals: {meta['settings']['level']:.0%} bootstrap over "
-        f"studies ({meta['settings']['bootstrap']} resamples); accuracies: Wilson 95% intervals. "
-        "Definitions: README, section Evaluation.\n"
+        f"({data.get('shards', '')}); zero-shot truth: {meta['settings'].get('truth', 'labels')}. "
+        f"{meta['settings']['level']:.0%} intervals: {meta['settings'].get('intervals', '')} "
+        f"({meta['settings']['bootstrap']} resamples). Definitions: README, section Evaluation.\n"
     )
     out.append("## Side by side\n")
     header = [
