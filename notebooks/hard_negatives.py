@@ -34,9 +34,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 from IPython.display import HTML, display
 
-from pipeline.core.errors import PipelineError
-from pipeline.core.io import read_dataset
-from pipeline.core.schemas import load_schema
+from pipeline.core.io import read_or_empty
 
 RUN = Path(os.environ.get("CLIP2CLINIC_RUN", "runs/demo"))
 HARDNEG_STAGES = ("hardneg_rewrite", "hardneg")
@@ -44,12 +42,7 @@ HARDNEG_STAGES = ("hardneg_rewrite", "hardneg")
 
 def load(dataset: str, columns: list[str] | None = None) -> pd.DataFrame:
     """A dataset of the run as pandas; an empty frame of its schema when the run has none of it."""
-    try:
-        table = read_dataset(str(RUN), dataset, columns=columns)
-    except PipelineError:
-        table = load_schema(dataset).arrow().empty_table()
-        table = table.select(columns) if columns else table
-    return table.to_pandas()
+    return read_or_empty(str(RUN), dataset, columns).to_pandas()
 
 
 PAIR_COLUMNS = [

@@ -35,9 +35,8 @@ import pyarrow.parquet as pq
 from IPython.display import display
 from PIL import Image
 
-from pipeline.core.errors import PipelineError
-from pipeline.core.io import read_dataset
-from pipeline.core.schemas import chexpert_observations, load_schema
+from pipeline.core.io import read_or_empty
+from pipeline.core.schemas import chexpert_observations
 
 RUN = Path(os.environ.get("CLIP2CLINIC_RUN", "runs/demo"))
 OBSERVATIONS = list(chexpert_observations())
@@ -47,12 +46,7 @@ LABEL_NAMES = {1.0: "positive", 0.0: "negative", -1.0: "uncertain"}
 
 def load(dataset: str, columns: list[str] | None = None) -> pd.DataFrame:
     """A dataset of the run as pandas; an empty frame of its schema when the run has none of it."""
-    try:
-        table = read_dataset(str(RUN), dataset, columns=columns)
-    except PipelineError:
-        table = load_schema(dataset).arrow().empty_table()
-        table = table.select(columns) if columns else table
-    return table.to_pandas()
+    return read_or_empty(str(RUN), dataset, columns).to_pandas()
 
 
 def decode(png: bytes) -> np.ndarray:

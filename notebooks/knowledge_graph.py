@@ -35,9 +35,7 @@ import pandas as pd
 from IPython.display import display
 from matplotlib.patches import Patch
 
-from pipeline.core.errors import PipelineError
-from pipeline.core.io import read_dataset
-from pipeline.core.schemas import load_schema
+from pipeline.core.io import read_or_empty
 from pipeline.graph.build import entity_order
 from pipeline.graph.radgraph import export_report, import_report
 from pipeline.graph.views import to_networkx
@@ -54,12 +52,7 @@ LABEL_MEANING = {
 
 def load(dataset: str, columns: list[str] | None = None) -> pd.DataFrame:
     """A dataset of the run as pandas; an empty frame of its schema when the run has none of it."""
-    try:
-        table = read_dataset(str(RUN), dataset, columns=columns)
-    except PipelineError:
-        table = load_schema(dataset).arrow().empty_table()
-        table = table.select(columns) if columns else table
-    return table.to_pandas()
+    return read_or_empty(str(RUN), dataset, columns).to_pandas()
 
 
 reports = load("reports", ["report_id", "text"]).set_index("report_id")

@@ -32,9 +32,8 @@ import numpy as np
 import pandas as pd
 from IPython.display import HTML, display
 
-from pipeline.core.errors import PipelineError
-from pipeline.core.io import read_dataset
-from pipeline.core.schemas import chexpert_observations, load_schema
+from pipeline.core.io import read_or_empty
+from pipeline.core.schemas import chexpert_observations
 
 RUN = Path(os.environ.get("CLIP2CLINIC_RUN", "runs/demo"))
 OBSERVATIONS = list(chexpert_observations())
@@ -43,12 +42,7 @@ STATUS_COLOURS = {"present": "#f4a6a6", "absent": "#a8d8a8", "uncertain": "#ffd2
 
 def load(dataset: str, columns: list[str] | None = None) -> pd.DataFrame:
     """A dataset of the run as pandas; an empty frame of its schema when the run has none of it."""
-    try:
-        table = read_dataset(str(RUN), dataset, columns=columns)
-    except PipelineError:
-        table = load_schema(dataset).arrow().empty_table()
-        table = table.select(columns) if columns else table
-    return table.to_pandas()
+    return read_or_empty(str(RUN), dataset, columns).to_pandas()
 
 
 reports = load("reports", ["report_id", "text"]).set_index("report_id")

@@ -56,7 +56,17 @@ def demo_run(tmp_path_factory, dask_client) -> Path:
     from pipeline.core.runner import Runner
 
     base = tmp_path_factory.mktemp("demo")
-    cfg = compose_run([f"dataset.root={base / 'dump'}", "dataset.n_reports=160", f"out={base / 'run'}"])
+    # Three epochs: the tests of this run need a trained checkpoint, not a good one (the learning
+    # signal is tests/test_demo_dag.py::test_make_run_entry_point's, on the full demo).
+    cfg = compose_run(
+        [
+            f"dataset.root={base / 'dump'}",
+            "dataset.n_reports=160",
+            f"out={base / 'run'}",
+            "stages.train.epochs=3",
+            "stages.train.progress=false",
+        ]
+    )
     dag = load_dag("demo")
     Runner(cfg.out, dask_client).run_dag(dag, {s.name: cfg.stage_config(s.name) for s in dag.stages})
     return Path(cfg.out)

@@ -3,10 +3,9 @@ shell, on a 60-report demo dump (MIMIC-CXR layout) through a scheduler and worke
 
 What differs from a real cluster, and only that: the guide's ``export`` lines (the user's paths)
 are replaced by this test's paths; ``dask scheduler`` / ``dask worker`` are no-ops (this test
-started both, ``$SCHEDULER`` points at them); ``torchrun`` gets two ranks for its first call and
-one after, plus a tiny model and two steps; the ablation loop runs two presets, not eight;
-the shards hold 40 samples each (so that two ranks get one each of a small dump) and evaluation
-takes 50 bootstrap resamples. ``$TEXT_MODEL`` is a local transformers folder and
+started both, ``$SCHEDULER`` points at them); ``torchrun`` gets one rank (torchrun with several
+is tested in tests/test_train_stage.py), a tiny model and two steps; the ablation loop runs one
+preset, not eight; evaluation takes 50 bootstrap resamples. ``$TEXT_MODEL`` is a local transformers folder and
 ``$IMAGE_WEIGHTS`` a torchvision-layout ResNet state dict, both made here.
 """
 
@@ -36,7 +35,7 @@ set -euo pipefail
 dask() { :; }  # the test runs the scheduler and the worker ($SCHEDULER)
 python() {
   if [ "$1" = -m ] && [ "$2" = pipeline.run ]; then
-    command "$PY" "$@" progress=false stages.shards.shard_size=40 stages.evaluate.bootstrap=50
+    command "$PY" "$@" progress=false stages.evaluate.bootstrap=50
   else
     command "$PY" "$@"
   fi
@@ -44,11 +43,10 @@ python() {
 torchrun() {
   local args=() text=model.text.path=tiny
   for a in "$@"; do
-    args+=("${a/--nproc_per_node=8/--nproc_per_node=$NPROC}")
+    args+=("${a/--nproc_per_node=8/--nproc_per_node=1}")
     case "$a" in model.text.path=*) text= ;; esac
   done
   command "$TORCHRUN" "${args[@]}" $TINY_TRAIN $text
-  NPROC=1
 }
 """
 
@@ -108,7 +106,7 @@ def test_the_users_guide_runs_as_written(tmp_path: Path):
         line for block in guide_blocks() for line in block.splitlines() if not line.startswith("export ")
     )
     assert PRESETS in script
-    script = SHIMS + script.replace(PRESETS, "clip full")
+    script = SHIMS + script.replace(PRESETS, "clip")
     text_model = tmp_path / "text-model"
     _text_model(text_model, ["No acute cardiopulmonary process.", "Small left pleural effusion."] * 20)
     weights = tmp_path / "resnet18.pth"
@@ -128,7 +126,6 @@ def test_the_users_guide_runs_as_written(tmp_path: Path):
             "PY": sys.executable,
             "TORCHRUN": str(Path(sys.executable).parent / "torchrun"),
             "TINY_TRAIN": TINY_TRAIN,
-            "NPROC": "2",
             "PYTHONPATH": str(REPO),
         }
         done = subprocess.run(
@@ -140,14 +137,14 @@ def test_the_users_guide_runs_as_written(tmp_path: Path):
     # 1. the shards, built on the cluster
     for split in ("train", "validate", "test"):
         assert json.loads((run / "shards" / split / "_index.json").read_text())["samples"] > 0
-    # 2. the trainer's folders, the first on two ranks, one with the user's text model and weights
+    # 2. the trainer's folders, one with the user's text model and weights
     first = json.loads((run / "train" / "summary.json").read_text())
-    assert first["complete"] and first["world_size"] == 2
+    assert first["complete"] and first["steps"] == 2
     own = json.loads((run / "train-cxrbert" / "config.json").read_text())["config"]["model"]
     assert own["text"]["path"] == str(text_model) and own["image"]["weights"] == str(weights)
     # 3. the evaluation of the ablation folders, side by side with the untrained reference
     doc = json.loads((run / "evaluate" / "evaluation.json").read_text())
-    assert [m["checkpoint"]["preset"] for m in doc["models"]] == ["clip", "full", "clip"]
+    assert [m["checkpoint"]["preset"] for m in doc["models"]] == ["clip", "clip"]
     assert doc["models"][-1]["name"] == "untrained"
     assert (run / "evaluate" / "summary.png").exists() and "| clip@2 |" in (
         run / "evaluate" / "evaluation.md"

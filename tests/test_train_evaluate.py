@@ -1,6 +1,7 @@
 """Evaluation: metric functions against hand-computed cases and scikit-learn, CXR-Align scoring on
 a constructed set, the published CXR-Align reader, and the evaluate stage on real checkpoints
-(skipped when unchanged, several checkpoints side by side, a learning signal over untrained)."""
+(skipped when unchanged, several checkpoints side by side). The learning signal is asserted on
+the make run demo: tests/test_demo_dag.py."""
 
 from __future__ import annotations
 
@@ -12,13 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 import yaml
 from sklearn.metrics import roc_auc_score, roc_curve
 
 from pipeline.core.config import compose_run
-from pipeline.core.dag import load_dag
 from pipeline.core.errors import PipelineError
 from pipeline.core.io import read_dataset
 from pipeline.core.registry import get_stage
@@ -323,7 +322,9 @@ def test_the_demo_dag_evaluates_its_final_checkpoint(demo_run: Path):
     ):
         assert (folder / name).stat().st_size > 0, name
     doc = json.loads((folder / "evaluation.json").read_text())
-    assert doc["format"] == "clip2clinic.evaluation" and len(doc["models"]) == 1
+    assert doc["format"] == "clip2clinic.evaluation"
+    # the demo scores its final checkpoint beside the untrained reference (conf/dataset/demo.yaml)
+    assert [m["name"] for m in doc["models"]][1:] == ["untrained"]
     model = doc["models"][0]
     final = [r for r in read_dataset(str(demo_run), "checkpoints").to_pylist() if r["is_final"]][0]
     assert model["checkpoint"]["file"] == str(demo_run / final["file"])
@@ -418,53 +419,3 @@ def test_evaluate_without_a_checkpoint_names_the_fix(tmp_path: Path, demo_run: P
             get_stage("evaluate"), replace(config, checkpoint=str(tmp_path / "x.pt"))
         )
     assert err.value.code == "E_CONFIG_VALUE"
-
-
-# -- a learning signal --------------------------------------------------------------------------------
-
-# Findings the demo images draw (pipeline/demo/draw.py) with enough test positives to rank.
-DRAWN = ("Cardiomegaly", "Lung Opacity", "Atelectasis", "Pleural Effusion", "Support Devices", "No Finding")
-
-
-@pytest.mark.slow
-def test_a_trained_model_beats_the_untrained_one(tmp_path: Path, dask_client):
-    """The demo DAG on 600 reports (images that draw their reports), a tiny CLIP trained for ten
-    epochs on CPU, scored beside the untrained model of the same config and seed."""
-    cfg = compose_run(
-        [
-            f"dataset.root={tmp_path / 'dump'}",
-            "dataset.n_reports=600",
-            f"out={tmp_path / 'run'}",
-            "stages.train.progress=false",
-            "stages.evaluate.untrained=true",
-            "stages.evaluate.bootstrap=200",
-        ]
-    )
-    dag = load_dag("demo")
-    Runner(cfg.out, dask_client).run_dag(dag, {s.name: cfg.stage_config(s.name) for s in dag.stages})
-    doc = json.loads((Path(cfg.out) / "evaluate" / "evaluation.json").read_text())
-    trained, untrained = doc["models"]
-    assert untrained["name"] == "untrained" and trained["checkpoint"]["step"] > 100
-
-    def drawn_auroc(model: dict) -> float:
-        obs = model["zero_shot"]["observations"]
-        return float(np.mean([obs[n]["auroc"] for n in DRAWN if obs[n]["positives"] >= 5]))
-
-    # Margins well inside what the run shows (about +0.25 AUROC, +45 points Task A), so that a
-    # different draw of the demo cannot flip them, and far outside what chance gives.
-    assert drawn_auroc(trained) > drawn_auroc(untrained) + 0.1
-    assert drawn_auroc(trained) > 0.6
-    means = [m["zero_shot"]["mean"]["auroc"] for m in (trained, untrained)]
-    assert means[0] > means[1] + 0.1
-    b = [m["cxr_align"]["run"]["task_b"]["accuracy"] for m in (trained, untrained)]
-    assert b[0] > b[1] + 0.15
-    a_trained = trained["cxr_align"]["run"]["task_a"]["accuracy"]
-    assert a_trained > 0.5 and a_trained > untrained["cxr_align"]["run"]["task_a"]["accuracy"] + 0.2
-    assert trained["negation_probe"]["accuracy"] > untrained["negation_probe"]["accuracy"]
-    r10 = [m["retrieval"]["image_to_text"]["recall@10"] for m in (trained, untrained)]
-    assert r10[0] > r10[1]
-    assert (Path(cfg.out) / "evaluation" / "part-00000.parquet").exists()
-    assert (
-        pq.read_schema(Path(cfg.out) / "evaluation" / "part-00000.parquet").metadata[b"clip2clinic.schema"]
-        == b"evaluation"
-    )

@@ -229,9 +229,17 @@ def test_trainer_failures_are_explained(tmp_path, code, output, error, text):
 
 @pytest.fixture
 def run_copy(demo_run: Path, tmp_path: Path) -> Path:
-    """A private copy of the demo run (shards included), so training here leaves it untouched."""
+    """A private copy of the demo run up to its shards (the demo DAG's own training and
+    evaluation left out), so training here starts from nothing and leaves the demo run untouched."""
     out = tmp_path / "run"
-    shutil.copytree(demo_run, out)
+    trained = ("train", "checkpoints", "train_metrics", "evaluate", "evaluation")
+    shutil.copytree(
+        demo_run,
+        out,
+        ignore=lambda folder, names: [n for n in names if Path(folder) == demo_run and n in trained],
+    )
+    for stage in ("train", "evaluate"):
+        shutil.rmtree(out / "_state" / stage, ignore_errors=True)
     return out
 
 
@@ -271,7 +279,7 @@ def test_dag_train_runs_then_skips(run_copy: Path, demo_run: Path, dask_client):
     dag = load_dag("train")
     configs = {s.name: cfg.stage_config(s.name) for s in dag.stages}
     reports = Runner(cfg.out, dask_client).run_dag(dag, configs)
-    train = reports[-1]
+    train = next(r for r in reports if r.stage == "train")
     assert train.stage == "train" and train.status == "ran"
     marker = _check_outputs(run_copy, STEPS)
     assert marker["launched"]["where"] == "local" and marker["launched"]["pid"] == os.getpid()

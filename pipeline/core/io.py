@@ -208,6 +208,18 @@ def read_dataset(out: str, dataset: str, columns: list[str] | None = None) -> pa
     return pa.concat_tables(tables, promote_options="default")
 
 
+def read_or_empty(out: str, dataset: str, columns: list[str] | None = None) -> pa.Table:
+    """:func:`read_dataset`, or an empty table of the dataset's schema when the run has none of it
+    (notebooks pointed at a run that stopped early)."""
+    from pipeline.core.schemas import load_schema
+
+    try:
+        return read_dataset(out, dataset, columns=columns)
+    except PipelineError:
+        table = load_schema(dataset).arrow().empty_table()
+        return table.select(columns) if columns else table
+
+
 def package_versions() -> dict[str, str]:
     out = {}
     for name in TRACKED_PACKAGES:
