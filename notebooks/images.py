@@ -213,14 +213,7 @@ NODE_LABELS = ["ANAT-DP", "OBS-DP", "OBS-U", "OBS-DA"]
 RELATIONS = ["located_at", "modify", "suggestive_of"]
 
 if sample is not None:
-    graph_columns = [
-        "node_concept_ids",
-        "node_label_ids",
-        "node_texts",
-        "edge_source",
-        "edge_target",
-        "edge_types",
-    ]
+    graph_columns = [c for c in sample.index if c.startswith(("node_", "edge_"))]
     print("lengths:", {c: len(sample[c]) for c in graph_columns})
     print("vector sizes:", {c: len(sample[c]) for c in ("clinical_vector", "graph_embedding")})
     texts = [" ".join(t.split()) for t in sample.node_texts]

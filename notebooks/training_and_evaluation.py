@@ -34,6 +34,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from pipeline.core.io import read_dataset
+from pipeline.train.report import summary_rows
 
 RUN = Path(os.environ.get("CLIP2CLINIC_RUN", "runs/demo"))
 if not (RUN / "evaluate" / "evaluation.json").exists():
@@ -70,24 +71,9 @@ fig.tight_layout()
 
 # %%
 evaluation = json.loads((RUN / "evaluate" / "evaluation.json").read_text())
-rows = []
-for m in evaluation["models"]:
-    zs, ret = m["zero_shot"], m["retrieval"]
-    align = m["cxr_align"].get("run", {})
-    rows.append(
-        {
-            "model": m["name"],
-            "step": m["checkpoint"]["step"],
-            "mean AUROC": zs["mean"]["auroc"],
-            "AUROC 95% CI": zs["mean"]["ci"],
-            "I2T R@10": ret["image_to_text"]["recall@10"],
-            "T2I R@10": ret["text_to_image"]["recall@10"],
-            "Task A": align.get("task_a", {}).get("accuracy"),
-            "Task B": align.get("task_b", {}).get("accuracy"),
-            "probe": (m.get("negation_probe") or {}).get("accuracy"),
-        }
-    )
-pd.DataFrame(rows).set_index("model").round(3)
+table = pd.DataFrame(summary_rows(evaluation["models"])).set_index("model")
+table["AUROC 95% CI"] = [m["zero_shot"]["mean"]["ci"] for m in evaluation["models"]]
+table.round(3)
 
 # %% [markdown]
 # ## Zero-shot AUROC per observation

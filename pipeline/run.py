@@ -139,6 +139,8 @@ def agreement_table(out: str) -> Table | None:
 
 def evaluation_table(out: str) -> Table | None:
     """The evaluate stage's headline figures per model, when the run has them (local runs)."""
+    from pipeline.train.report import summary_rows  # numpy only: no torch
+
     path = os.path.join(out, "evaluate", "evaluation.json")
     try:
         with open(path) as fh:
@@ -152,21 +154,13 @@ def evaluation_table(out: str) -> Table | None:
     table = Table(title=f"evaluation on the test split ({os.path.join(out, 'evaluate', 'evaluation.md')})")
     for col in ("model", "mean AUROC", "I2T R@10", "T2I R@10", "Task A", "Task B", "probe"):
         table.add_column(col, justify="left" if col == "model" else "right")
-    for m in models:
-        zs = m["zero_shot"]["mean"]
-        align = m["cxr_align"].get("run") or next(iter(m["cxr_align"].values()), {})
-        auroc = "-" if zs["auroc"] is None else f"{zs['auroc']:.3f}"
-        if zs["auroc"] is not None and zs["ci"][0] is not None:
-            auroc += f" [{zs['ci'][0]:.2f}, {zs['ci'][1]:.2f}]"
-        table.add_row(
-            m["name"],
-            auroc,
-            pct(m["retrieval"]["image_to_text"].get("recall@10")),
-            pct(m["retrieval"]["text_to_image"].get("recall@10")),
-            pct(align.get("task_a", {}).get("accuracy")),
-            pct(align.get("task_b", {}).get("accuracy")),
-            pct((m.get("negation_probe") or {}).get("accuracy")),
-        )
+    for m, row in zip(models, summary_rows(models), strict=True):
+        ci = m["zero_shot"]["mean"]["ci"]
+        auroc = "-" if row["mean AUROC"] is None else f"{row['mean AUROC']:.3f}"
+        if row["mean AUROC"] is not None and ci[0] is not None:
+            auroc += f" [{ci[0]:.2f}, {ci[1]:.2f}]"
+        cells = [pct(row[k]) for k in ("I2T R@10", "T2I R@10", "Task A", "Task B", "probe")]
+        table.add_row(row["model"], auroc, *cells)
     return table
 
 

@@ -382,6 +382,11 @@ def test_evaluate_alone_skips_when_unchanged_and_scores_several_checkpoints(eval
     assert runner.run_stage(stage, one).status == "ran"
     doc = json.loads((eval_copy / "evaluate" / "evaluation.json").read_text())
     assert doc["models"][0]["checkpoint"]["step"] == int(files[-1].stem.split("-")[1])
+    # Every kept checkpoint of the run's train stage, in step order, then the reference.
+    steps = sorted(read_dataset(str(eval_copy), "checkpoints")["step"].to_pylist())
+    assert runner.run_stage(stage, replace(config, every_checkpoint=True)).status == "ran"
+    doc = json.loads((eval_copy / "evaluate" / "evaluation.json").read_text())
+    assert [m["checkpoint"]["step"] for m in doc["models"]] == [*steps, 0]
     # The run folder itself as the checkpoint: only the scored file and its tokenizer are hashed,
     # so the stage's own outputs under the folder do not make it rerun forever.
     by_run = replace(config, checkpoint=str(eval_copy))
@@ -408,8 +413,7 @@ def test_an_undecodable_test_image_is_left_out_of_every_figure(demo_run: Path):
 def test_evaluate_without_a_checkpoint_names_the_fix(tmp_path: Path, demo_run: Path, dask_client):
     out = tmp_path / "run"
     shutil.copytree(demo_run / "shards", out / "shards")
-    for dataset in ("shards/test",):
-        assert (out / dataset / "_manifest.json").exists()
+    assert (out / "shards/test" / "_manifest.json").exists()
     config = compose_run([f"out={out}"]).stage_config("evaluate")
     with pytest.raises(PipelineError, match="stages.evaluate.checkpoint=PATH") as err:
         Runner(str(out), dask_client).run_stage(get_stage("evaluate"), config)

@@ -726,16 +726,17 @@ def score(
         )
         return {"auroc": value, "ci": [_nan(lo), _nan(hi)], "observations": [names[k] for k in cols]}
 
+    mean = mean_of(names)
     result["zero_shot"] = {
         "observations": observations,
-        "mean": mean_of(names),
+        "mean": mean,
         "chexpert5": mean_of(CHEXPERT5),
         "truth": test.truth,
         "uncertain": settings.uncertain,
         "bootstrap": settings.bootstrap,
         # resamples that held both classes of every observation in the mean (the mean's interval)
         "bootstrap_used": int(
-            (~np.isnan(boot[:, [names.index(n) for n in mean_of(names)["observations"]]]).any(axis=1)).sum()
+            (~np.isnan(boot[:, [names.index(n) for n in mean["observations"]]]).any(axis=1)).sum()
         ),
         "min_positives": settings.min_positives,
     }

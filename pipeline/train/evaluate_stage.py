@@ -102,7 +102,7 @@ def _problems(config: EvaluateConfig) -> list[str]:
         "prompts",
         "cxr_align_json",
         "checkpoint",
-        *(() if not config.checkpoints else ("checkpoints",)),
+        "checkpoints",
     ):
         values = getattr(config, name)
         for value in values if isinstance(values, tuple) else (values,):
