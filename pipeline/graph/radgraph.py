@@ -1,15 +1,27 @@
 """RadGraph JSON out and in.
 
 RadGraph's format, per report: ``text`` (the report's tokens joined by single spaces) and
-``entities``, a map from entity id to ``tokens``, ``label`` (ANAT-DP, OBS-DP, OBS-U, OBS-DA),
-``start_ix``, ``end_ix`` (token indices, inclusive) and ``relations`` (``[[relation, target_id],
-...]``). Our tokens are runs of letters, runs of digits, or single other non-space characters of
-reports.text, fine enough that every entity span of ours starts and ends on a token boundary.
+``entities``, a map from entity id to ``tokens``, ``label``, ``start_ix``, ``end_ix`` (token
+indices, inclusive) and ``relations`` (``[[relation, target_id], ...]``, relation in located_at,
+modify, suggestive_of). Our tokens are runs of letters, runs of digits, or single other non-space
+characters of reports.text, fine enough that every entity span of ours starts and ends on a token
+boundary.
+
+Two label sets exist. RadGraph v1 (PhysioNet 1.0.0, the package's ``radgraph`` model): ANAT-DP,
+OBS-DP, OBS-U, OBS-DA. RadGraph-XL (the package's default ``modern-radgraph-xl`` model, CheXpert
+Plus' files): ``Observation::definitely present``, ``Observation::uncertain``,
+``Observation::definitely absent``, ``Anatomy::definitely present``, and rarely
+``Anatomy::uncertain``, ``Anatomy::definitely absent`` and the ``::measurement::`` variants of all
+six (``Observation::measurement::definitely present``...). Import accepts both and normalises to
+the v1 labels of kg_entities: an Observation keeps its status, every Anatomy becomes ANAT-DP (our
+schema, like v1's, has no anatomy status) and the measurement qualifier is dropped. Export writes
+v1 (default) or XL (``labels="xl"``; ``python -m pipeline.graph export OUT --labels xl``).
 
 Import aligns the file's tokens to reports.text in order (so character offsets are recovered
-exactly) and names each entity's concept from its words through pipeline/graph/vocabulary.yaml.
-Tables -> JSON -> tables keeps entity ids, labels, offsets, texts and relations exactly; concept,
-kind and sentence_idx are recomputed on import (the format does not carry them).
+exactly: RadGraph's own re-tokenisation, ``patient ' s`` and a separate ``.``, aligns too) and
+names each entity's concept from its words through pipeline/graph/vocabulary.yaml.
+Tables -> JSON -> tables keeps entity ids, labels, offsets, texts and relations exactly, in either
+label set; concept, kind and sentence_idx are recomputed on import (the format does not carry them).
 """
 
 from __future__ import annotations
@@ -29,6 +41,54 @@ from pipeline.graph.vocabulary import load_vocabulary
 
 TOKEN = re.compile(r"[^\W\d_]+|\d+|\S")
 
+LABEL_SETS: tuple[str, ...] = ("v1", "xl")
+XL_STATUSES: tuple[str, ...] = ("definitely present", "definitely absent", "uncertain")
+# kg_entities label -> RadGraph-XL label (what an XL export writes)
+XL_LABEL: dict[str, str] = {
+    "ANAT-DP": "Anatomy::definitely present",
+    "OBS-DP": "Observation::definitely present",
+    "OBS-U": "Observation::uncertain",
+    "OBS-DA": "Observation::definitely absent",
+}
+_XL = re.compile(r"(Anatomy|Observation)(?:::measurement)?::(definitely present|definitely absent|uncertain)")
+_XL_OBSERVATION = {"definitely present": "OBS-DP", "uncertain": "OBS-U", "definitely absent": "OBS-DA"}
+ACCEPTED_LABELS = (
+    f"v1 {', '.join(LABELS)}; RadGraph-XL Anatomy::<status> or Observation::<status>, optionally "
+    f"with ::measurement:: before the status, status one of {', '.join(XL_STATUSES)}"
+)
+
+
+def check_label_set(labels: str) -> str:
+    """``labels`` when it names a label set (v1, xl); raises PipelineError(E_CONFIG_VALUE) otherwise."""
+    if labels not in LABEL_SETS:
+        raise PipelineError(
+            "E_CONFIG_VALUE",
+            f"labels={labels!r} is not a RadGraph label set; choose from: "
+            f"{', '.join(LABEL_SETS)} (v1: ANAT-DP, OBS-DP, OBS-U, OBS-DA; xl: Observation::definitely "
+            "present, ...).",
+        )
+    return labels
+
+
+def normalise_label(label: str) -> str:
+    """The kg_entities label (ANAT-DP, OBS-DP, OBS-U, OBS-DA) of a RadGraph v1 or RadGraph-XL label.
+
+    Anatomy of any status becomes ANAT-DP and ``::measurement::`` is dropped (kg_entities has
+    no place for either). Raises ValueError naming the accepted labels for anything else.
+    """
+    if isinstance(label, str) and label in LABEL_ID:
+        return label
+    m = _XL.fullmatch(label) if isinstance(label, str) else None
+    if m is None:
+        raise ValueError(f"label {label!r} is not a RadGraph label (accepted: {ACCEPTED_LABELS})")
+    return "ANAT-DP" if m.group(1) == "Anatomy" else _XL_OBSERVATION[m.group(2)]
+
+
+def export_label(label: str, labels: str = "v1") -> str:
+    """``label`` (either set) as written in the ``labels`` set (``v1`` or ``xl``)."""
+    internal = normalise_label(label)
+    return XL_LABEL[internal] if labels == "xl" else internal
+
 
 def tokenize(text: str) -> list[tuple[str, int, int]]:
     """(token, start, end) of every token of ``text``."""
@@ -36,12 +96,18 @@ def tokenize(text: str) -> list[tuple[str, int, int]]:
 
 
 def export_report(
-    text: str, entities: Sequence[Mapping[str, Any]], relations: Sequence[Mapping[str, Any]]
+    text: str,
+    entities: Sequence[Mapping[str, Any]],
+    relations: Sequence[Mapping[str, Any]],
+    labels: str = "v1",
 ) -> dict[str, Any]:
     """One report as a RadGraph document. ``text`` is reports.text; entity offsets point into it.
+    ``labels``: the label set written, ``v1`` (ANAT-DP...) or ``xl`` (Observation::definitely present...).
 
-    Raises ValueError when an entity does not cover at least one token.
+    Raises ValueError when an entity does not cover at least one token or has no RadGraph label,
+    PipelineError(E_CONFIG_VALUE) for an unknown ``labels``.
     """
+    check_label_set(labels)
     tokens = tokenize(text)
     starts = [t[1] for t in tokens]
     out: dict[str, Any] = {}
@@ -52,7 +118,7 @@ def export_report(
             raise ValueError(f"entity {e['entity_id']} [{e['start']}, {e['end']}) covers no token")
         out[e["entity_id"]] = {
             "tokens": " ".join(t[0] for t in tokens[first : last + 1]),
-            "label": e["label"],
+            "label": export_label(e["label"], labels),
             "start_ix": first,
             "end_ix": last,
             "relations": [],
@@ -98,6 +164,7 @@ def import_report(
 ) -> tuple[list[Row], list[Row]]:
     """Entity and relation rows (kg_* columns) of one RadGraph document matched to reports.text.
 
+    Labels may be RadGraph v1's or RadGraph-XL's (normalised to v1's, see :func:`normalise_label`).
     ``sentences``: (starts, ends, sentence_idx) of the report's sentences, sorted by start, to
     fill sentence_idx. Raises ValueError when the document does not fit the text or is malformed.
     """
@@ -111,9 +178,11 @@ def import_report(
     entities, relations = [], []
     for eid in sorted(entities_in, key=lambda k: entity_order(str(k))):
         e = entities_in[eid]
-        label, first, last = e["label"], int(e["start_ix"]), int(e["end_ix"])
-        if label not in LABEL_ID:
-            raise ValueError(f"entity {eid}: label {label!r} is not one of {LABELS}")
+        first, last = int(e["start_ix"]), int(e["end_ix"])
+        try:
+            label = normalise_label(e["label"])
+        except ValueError as exc:
+            raise ValueError(f"entity {eid}: {exc}") from None
         if not 0 <= first <= last < len(spans):
             raise ValueError(f"entity {eid}: token range {first}..{last} outside the text")
         start, end = spans[first][0], spans[last][1]
@@ -190,13 +259,18 @@ def read_radgraph(path: str) -> dict[str, dict[str, Any]]:
 
 
 def export_corpus(
-    texts: Mapping[str, str], entities: Sequence[Mapping[str, Any]], relations: Sequence[Mapping[str, Any]]
+    texts: Mapping[str, str],
+    entities: Sequence[Mapping[str, Any]],
+    relations: Sequence[Mapping[str, Any]],
+    labels: str = "v1",
 ) -> dict[str, dict[str, Any]]:
-    """RadGraph documents of every report of ``entities`` (report_id -> document)."""
+    """RadGraph documents of every report of ``entities`` (report_id -> document), labels in the
+    ``labels`` set (``v1`` or ``xl``)."""
+    check_label_set(labels)
     ents: dict[str, list] = {}
     rels: dict[str, list] = {}
     for e in entities:
         ents.setdefault(e["report_id"], []).append(e)
     for r in relations:
         rels.setdefault(r["report_id"], []).append(r)
-    return {rid: export_report(texts[rid], ents[rid], rels.get(rid, [])) for rid in sorted(ents)}
+    return {rid: export_report(texts[rid], ents[rid], rels.get(rid, []), labels) for rid in sorted(ents)}

@@ -39,7 +39,12 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class GraphConfig:
-    """How report graphs are made."""
+    """How report graphs are made.
+
+    radgraph_json: a RadGraph JSON file read instead of deriving graphs; its labels may be RadGraph
+        v1's (ANAT-DP...) or RadGraph-XL's (Observation::definitely present...), both normalised
+        to kg_entities' v1 labels.
+    """
 
     labeled_only: bool = True  # only mentions of the labeled sections (not indication, history)
     # a RadGraph JSON file to read instead of deriving graphs (its bytes join the fingerprint)
@@ -89,7 +94,7 @@ def graph(tables: Mapping[str, pa.Table], *, config: GraphConfig) -> dict[str, p
         graphs = graphs_from_mentions(
             tables["mentions"], tables["sentences"], labeled_only=config.labeled_only
         )
-    done = {rid for rid, _ in rejected}
+    done = {rid for rid, *_ in rejected}
     for rid in tables["reports"].column("report_id").to_pylist():
         if rid not in done and not (rid in graphs and graphs[rid][0]):
             graphs.pop(rid, None)
