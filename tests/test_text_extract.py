@@ -440,3 +440,144 @@ def test_extract_does_not_mutate_and_is_deterministic():
     assert {k: v.to_pylist() for k, v in tables.items()} == snapshot
     for name in first:
         assert first[name].equals(second[name])
+
+
+# --- readings where peers (and we, before) went wrong --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    ["2.No pleural effusion.", "3)no pleural effusion", "(2)No pleural effusion.", "4.no effusion"],
+)
+def test_glued_list_number_does_not_hide_the_cue(sentence):
+    assert status(sentence, "pleural_effusion") == "absent"
+    assert one("3.no focal consolidation or pneumothorax", "pneumothorax").status == "absent"
+
+
+@pytest.mark.parametrize(
+    ("sentence", "device"),
+    [
+        ("Interval removal of the chest tube, with a small residual apical pneumothorax.", "chest_tube"),
+        ("Status post removal of the right chest tube with a tiny residual pneumothorax.", "chest_tube"),
+        ("The chest tube has been removed, small residual pneumothorax.", "chest_tube"),
+    ],
+)
+def test_a_removal_denies_the_device_only(sentence, device):
+    assert status(sentence, device) == "absent"
+    assert status(sentence, "pneumothorax") == "present"
+    # a negation of its own still reaches the finding
+    assert status("Removal of the chest tube with no pneumothorax.", "pneumothorax") == "absent"
+    # a removal cue never denies a finding, even one right after it
+    assert status("Interval removal of the endotracheal tube and persistent atelectasis.", "atelectasis") == (
+        "present"
+    )
+
+
+@pytest.mark.parametrize(
+    ("sentence", "finding", "expected"),
+    [
+        # a finding with its own size or severity after a comma or "and" opens a new clause
+        ("No pneumothorax, small left effusion.", "pleural_effusion", "present"),
+        ("No pneumothorax and mild edema.", "pulmonary_edema", "present"),
+        ("No focal consolidation, with a small left effusion.", "pleural_effusion", "present"),
+        ("No evidence of pneumothorax, moderate cardiomegaly.", "cardiomegaly", "present"),
+        # ... or its own predicate
+        ("No pneumothorax and effusion is unchanged.", "pleural_effusion", "present"),
+        ("No pneumothorax, effusion is unchanged.", "pleural_effusion", "present"),
+        # a list stays one denial
+        ("No pneumothorax, effusion, or consolidation.", "pleural_effusion", "absent"),
+        ("No consolidation, large effusion, or pneumothorax.", "pleural_effusion", "absent"),
+        ("No pneumothorax, effusion and edema.", "pulmonary_edema", "absent"),
+        ("No pneumothorax or mild edema.", "pulmonary_edema", "absent"),
+        ("No pneumothorax, effusion, or consolidation.", "pneumothorax", "absent"),
+    ],
+)
+def test_negation_scope_ends_at_a_new_clause(sentence, finding, expected):
+    assert status(sentence, finding) == expected
+
+
+@pytest.mark.parametrize(
+    ("sentence", "findings", "expected"),
+    [
+        ("Left basilar atelectasis or consolidation.", ("atelectasis", "consolidation"), "uncertain"),
+        ("Either atelectasis or pneumonia.", ("atelectasis", "pneumonia"), "uncertain"),
+        ("Small effusion and/or atelectasis.", ("pleural_effusion", "atelectasis"), "uncertain"),
+        ("Likely atelectasis or scarring.", ("atelectasis", "scarring"), "uncertain"),
+        ("No effusion or atelectasis.", ("pleural_effusion", "atelectasis"), "absent"),
+        ("Atelectasis or pneumonia is not seen.", ("atelectasis", "pneumonia"), "absent"),
+        ("No lines or tubes.", ("support_device",), "absent"),
+    ],
+)
+def test_x_or_y_is_uncertain_for_both_unless_denied(sentence, findings, expected):
+    hits = [h for h in mentions(sentence) if h.finding in findings]
+    assert hits and {h.status for h in hits} == {expected}, hits
+    # the finding the differential explains is not hedged with it
+    assert status("Opacity may represent atelectasis or pneumonia.", "opacity") == "present"
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Stable cardiomediastinal silhouette.",
+        "Heart and mediastinum are stable.",
+        "The mediastinal contours are unchanged.",
+        "Cardiomediastinal silhouette is again seen.",
+    ],
+)
+def test_stable_says_nothing_about_enlargement(sentence):
+    assert [h.observation for h in mentions(sentence)] == []
+    assert status("The mediastinum is widened.", "enlarged_cardiomediastinum") == "present"
+    assert status("Stable widened mediastinum.", "enlarged_cardiomediastinum") == "present"
+    assert status("Cardiomediastinal silhouette is normal.", "enlarged_cardiomediastinum") == "absent"
+
+
+@pytest.mark.parametrize(
+    ("sentence", "finding"),
+    [
+        ("Adequate opacification of the pulmonary arteries.", "contrast_opacification"),
+        ("Opacification of the contrast bolus is suboptimal.", "contrast_opacification"),
+        ("Changes of cystic fibrosis.", "cystic_fibrosis"),
+        ("Small knee joint effusion.", "extrathoracic_effusion"),
+        ("Right middle ear effusion.", "extrathoracic_effusion"),
+        ("Small subdural effusion.", "extrathoracic_effusion"),
+        ("Small pericardial effusion.", "pericardial_effusion"),
+        ("Defibrillator pads overlie the chest.", "external_pads"),
+    ],
+)
+def test_words_that_look_like_a_finding_but_are_another(sentence, finding):
+    hits = mentions(sentence)
+    assert [h.finding for h in hits] == [finding], hits
+    observations = {h.observation for h in hits}
+    assert observations.isdisjoint({"Lung Opacity", "Pleural Effusion", "Pleural Other"})
+    assert status("Right lower lobe opacification.", "opacity") == "present"
+
+
+@pytest.mark.parametrize(
+    ("sentence", "finding", "expected"),
+    [
+        ("Increased interstitial lung markings.", "interstitial_opacity", "present"),
+        ("Opacity, likely infectious/inflammatory process.", "pneumonia", "present"),
+        ("No interval change of consolidation.", "consolidation", "present"),
+    ],
+)
+def test_lexicon_gaps(sentence, finding, expected):
+    assert status(sentence, finding) == expected
+    # a slash compound with a term on each side keeps both findings
+    pleural, pericardial = (
+        one("No pleural/pericardial effusion.", f) for f in ("pleural_effusion", "pericardial_effusion")
+    )
+    assert pleural.status == pericardial.status == "absent"
+
+
+@pytest.mark.parametrize(
+    "sentence",
+    [
+        "Enteric tube passes below the diaphragm, tip not seen.",
+        "The tip of the PICC line is not visualized.",
+        "The PICC line tip is not seen.",
+    ],
+)
+def test_a_tip_not_seen_is_no_absent_device(sentence):
+    hits = [h for h in mentions(sentence) if h.observation == "Support Devices"]
+    assert hits and {h.status for h in hits} == {"present"}, hits
+    assert status("Nasogastric tube is not seen.", "enteric_tube") == "absent"

@@ -19,13 +19,14 @@ SPANS = pa.list_(pa.struct([("name", pa.string()), ("start", pa.int32()), ("end"
 CONFIG = ParseConfig()
 
 
-def reports(*texts: str | None, spans: list | None = None) -> pa.Table:
+def reports(*texts: str | None, spans: list | None = None, source: str = "mimic_cxr") -> pa.Table:
     n = len(texts)
     return pa.table(
         {
             "report_id": [f"r{i}" for i in range(n)],
             "text": list(texts),
             "sections": pa.array(spans if spans is not None else [None] * n, SPANS),
+            "source": [source] * n,
         }
     )
 
@@ -311,6 +312,38 @@ def test_is_labeled_follows_mit_lcp(text, expected, both):
         ]
 
 
+def test_headerless_policy_per_adapter():
+    """MIMIC-CXR's official labels read a headerless report's last paragraph; a table's free-text
+    cell is labelled whole (as the CheXpert labeler and CheXbert label the whole cell)."""
+    text = "Heart size is normal.\n\nNo pleural effusion.\n\nSmall right pneumothorax."
+
+    def labeled_text(source: str, headerless: str = "auto") -> list[str]:
+        out = parse({"reports": reports(text, source=source)}, config=ParseConfig(headerless=headerless))
+        return [r["text"] for r in sections_of(out) if r["is_labeled"]]
+
+    mimic = ["No pleural effusion.\n\nSmall right pneumothorax."]
+    assert labeled_text("mimic_cxr") == mimic
+    assert labeled_text("table") == [text] == labeled_text("chexpert_plus")
+    assert labeled_text("mimic_cxr", "whole") == [text]
+    assert labeled_text("table", "last_paragraph") == mimic
+    no_source = parse({"reports": reports(text).drop_columns(["source"])}, config=ParseConfig())
+    assert [r["text"] for r in sections_of(no_source) if r["is_labeled"]] == [text]
+    with pytest.raises(PipelineError, match="headerless"):
+        ParseConfig(headerless="first")
+
+
+@pytest.mark.parametrize(
+    "header", ["INTERPRETATION", "CONCLUSION", "OPINION", "SUMMARY", "DIAGNOSIS", "Conclusions"]
+)
+def test_impression_under_other_names(header):
+    out = run(f"FINDINGS: Lungs are clear.\n\n{header}: Small left effusion.")
+    assert [(r["section"], r["text"]) for r in sections_of(out) if r["is_labeled"]] == [
+        ("impression", "Small left effusion.")
+    ]
+    # a diagnosis the referrer gives is history, never the reading
+    assert names(run("ADMITTING DIAGNOSIS: Pneumonia.\n\nFINDINGS: Clear.")) == ["history", "findings"]
+
+
 # -- sentences -----------------------------------------------------------------------------------
 
 
@@ -318,6 +351,10 @@ def test_is_labeled_follows_mit_lcp(text, expected, both):
     ("body", "expected"),
     [
         ("1. Cardiomegaly. 2. No effusion.", ["Cardiomegaly.", "No effusion."]),
+        # a list number glued to its item is a marker all the same
+        ("1.Cardiomegaly.2.No effusion.\n3)no edema", ["Cardiomegaly.", "No effusion.", "no edema"]),
+        ("1.Cardiomegaly 2.No effusion (3)No edema", ["Cardiomegaly", "No effusion", "No edema"]),
+        ("Nodule of 2.5 cm. 3.No effusion", ["Nodule of 2.5 cm.", "No effusion"]),
         ("1. Cardiomegaly\n2. No effusion", ["Cardiomegaly", "No effusion"]),
         ("1.  Cardiomegaly 2.  No effusion.  3. Stable.", ["Cardiomegaly", "No effusion.", "Stable."]),
         ("(1) Cardiomegaly.\n(2) No effusion.", ["Cardiomegaly.", "No effusion."]),

@@ -46,6 +46,7 @@ LATERALITIES: tuple[str, ...] = ("left", "right", "bilateral")
 TERMSET_KEYS: tuple[str, ...] = ("pseudo", "preceding", "following", "termination")
 PROBABLE_KEYS: tuple[str, ...] = ("probable_preceding", "probable_following")
 ALTERNATIVE_KEY = "alternative"
+REMOVAL_KEYS: tuple[str, ...] = ("removal_preceding", "removal_following")
 
 _ID = re.compile(r"[a-z][a-z0-9_]*")
 # A term token: lower-case word characters and the punctuation radiology abbreviations use.
@@ -109,6 +110,10 @@ class Termset:
     pneumonia", "effusion or pneumothorax"): they go to negspacy as both preceding and following
     cues, but hedge only the finding next to them, and only when another finding stands on their
     other side (see :class:`pipeline.text.negation.CueNegex`).
+
+    ``removal_preceding``/``removal_following`` (negation only) deny a device and nothing else:
+    in "interval removal of the chest tube, with a small residual pneumothorax" the tube is gone,
+    the pneumothorax is not. They join the preceding/following lists given to negspacy.
     """
 
     name: str
@@ -121,16 +126,22 @@ class Termset:
     probable_preceding: tuple[str, ...] = ()
     probable_following: tuple[str, ...] = ()
     alternative: tuple[str, ...] = ()
+    removal_preceding: tuple[str, ...] = ()
+    removal_following: tuple[str, ...] = ()
 
     def negspacy(self) -> dict[str, list[str]]:
         """The termset in the shape ``negspacy.negation.Negex(neg_termset=...)`` expects."""
         return {
             "pseudo_negations": list(self.pseudo),
             "preceding_negations": list(
-                dict.fromkeys(self.preceding + self.probable_preceding + self.alternative)
+                dict.fromkeys(
+                    self.preceding + self.probable_preceding + self.alternative + self.removal_preceding
+                )
             ),
             "following_negations": list(
-                dict.fromkeys(self.following + self.probable_following + self.alternative)
+                dict.fromkeys(
+                    self.following + self.probable_following + self.alternative + self.removal_following
+                )
             ),
             "termination": list(self.termination),
         }
@@ -447,12 +458,22 @@ def _anatomy(
 def _termset(data: Mapping[str, Any], where: str) -> Termset:
     _known_keys(
         data,
-        {"version", "name", "rule_prefix", "probable_prefix", ALTERNATIVE_KEY, *TERMSET_KEYS, *PROBABLE_KEYS},
+        {
+            "version",
+            "name",
+            "rule_prefix",
+            "probable_prefix",
+            ALTERNATIVE_KEY,
+            *TERMSET_KEYS,
+            *PROBABLE_KEYS,
+            *REMOVAL_KEYS,
+        },
         where,
     )
     prefix = _check_id(data.get("rule_prefix"), f"{where}: rule_prefix")
     lists = {key: tuple(_terms(data.get(key), f"{where}: {key}")) for key in TERMSET_KEYS}
     probable = {key: tuple(_terms(data[key], f"{where}: {key}")) for key in PROBABLE_KEYS if key in data}
+    removal = {key: tuple(_terms(data[key], f"{where}: {key}")) for key in REMOVAL_KEYS if key in data}
     probable_prefix = data.get("probable_prefix")
     if probable and probable_prefix is None:
         raise LexiconError(where, "probable cues need a `probable_prefix` for their rule ids")
@@ -469,6 +490,7 @@ def _termset(data: Mapping[str, Any], where: str) -> Termset:
         else (),
         **lists,
         **probable,
+        **removal,
     )
 
 

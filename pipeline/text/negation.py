@@ -19,6 +19,39 @@ from negspacy.negation import Negex
 from spacy.language import Language
 from spacy.tokens import Doc, Span
 
+# how many tokens may stand between a finding and the "or"/"versus" that joins it to another
+ALTERNATIVE_GAP = 3
+ALTERNATIVE_SITE_GAP = 6  # when the words between name a site
+_SITE_WORDS = frozenset(
+    [
+        "in",
+        "of",
+        "at",
+        "within",
+        "the",
+        "a",
+        "an",
+        "along",
+        "involving",
+        "zone",
+        "zones",
+        "region",
+        "regions",
+        "aspect",
+        "portion",
+        "segment",
+        "side",
+        "base",
+        "bases",
+        "field",
+        "fields",
+        "lobe",
+        "lobes",
+    ]
+)
+# a device's parts: what a following "not seen" near them denies ("the catheter tip is not seen")
+_DEVICE_PARTS = frozenset({"tip", "tips", "end", "ends"})
+_CONJUNCTIONS = frozenset({"and", "or", "nor", "and/or"})
 _PUNCT_NAMES = {"?": "question_mark", ";": "semicolon", ":": "colon", ".": "period", ",": "comma"}
 
 
@@ -40,6 +73,7 @@ class Cue:
     text: str
     rule: str
     alternative: bool = False
+    removal: bool = False
 
     def distance(self, ent_start: int, ent_end: int) -> int:
         if self.direction == "preceding":
@@ -58,6 +92,11 @@ class Cue:
         "probable_prefix": None,
         "alternative_terms": [],
         "alternative_labels": [],
+        "removal_terms": [],
+        "removal_labels": [],
+        "aux_key": None,
+        "comma_clause_aux": [],
+        "and_clause_aux": [],
     },
 )
 def make_cue_negex(
@@ -71,6 +110,11 @@ def make_cue_negex(
     probable_prefix,
     alternative_terms,
     alternative_labels,
+    removal_terms,
+    removal_labels,
+    aux_key,
+    comma_clause_aux,
+    and_clause_aux,
 ):  # type: ignore[no-untyped-def]
     # No annotations: spaCy validates factory arguments from them, and this module's postponed
     # (string) annotations cannot be resolved there.
@@ -86,6 +130,11 @@ def make_cue_negex(
         probable_prefix=probable_prefix,
         alternative_terms=alternative_terms,
         alternative_labels=alternative_labels,
+        removal_terms=removal_terms,
+        removal_labels=removal_labels,
+        aux_key=aux_key,
+        comma_clause_aux=comma_clause_aux,
+        and_clause_aux=and_clause_aux,
     )
 
 
@@ -106,6 +155,19 @@ class CueNegex(Negex):
     The nearest such cue goes to ``span._.<extension_name>_alt``, apart from the other cues, so
     the caller can let a negation win over it (the CheXpert labeler reads "X or Y" only after
     negation: "no effusion or pneumothorax" denies both).
+
+    Removal cues (``removal_terms``: "removal of", "has been removed") reach only the entities
+    labelled ``removal_labels`` (devices): "interval removal of the chest tube, with a small
+    residual pneumothorax" leaves the pneumothorax present.
+
+    Besides the termset's termination phrases, two places open a new clause (a boundary) when the
+    clause words are given (the negation instance: a hedge's list stays one differential), read
+    from the lexicon matcher's matches in ``doc.user_data[aux_key]``: a comma or an "and" before
+    a finding with its own size or severity (``comma_clause_aux``: "no pneumothorax, small left
+    effusion", "no effusion and mild edema"), unless the list goes on with "or"/"nor" ("no
+    consolidation, large effusion, or pneumothorax"); or before a finding with its own
+    predicate, a temporal, severity or size word right after it (``and_clause_aux``: "no
+    pneumothorax and effusion is unchanged").
     """
 
     def __init__(
@@ -121,6 +183,11 @@ class CueNegex(Negex):
         probable_prefix: str | None = None,
         alternative_terms: list[str] | None = None,
         alternative_labels: list[str] | None = None,
+        removal_terms: list[str] | None = None,
+        removal_labels: list[str] | None = None,
+        aux_key: str | None = None,
+        comma_clause_aux: list[str] | None = None,
+        and_clause_aux: list[str] | None = None,
     ) -> None:
         super().__init__(nlp, name, neg_termset, ent_types, extension_name, chunk_prefix)
         self.cue_extension = f"{extension_name}_cue"
@@ -131,6 +198,11 @@ class CueNegex(Negex):
             " ".join(t.lower_ for t in doc) for doc in nlp.tokenizer.pipe(alternative_terms or [])
         }
         self.alternative_labels = tuple(alternative_labels or ())
+        self.removal = {" ".join(t.lower_ for t in doc) for doc in nlp.tokenizer.pipe(removal_terms or [])}
+        self.removal_labels = frozenset(removal_labels or ())
+        self.aux_key = aux_key
+        self.comma_clause_aux = tuple(comma_clause_aux or ())
+        self.and_clause_aux = tuple(and_clause_aux or ())
         self.rule_prefix = rule_prefix
         # cues given another rule prefix ("likely"), keyed by their lower-cased tokens
         self.probable_prefix = probable_prefix
@@ -146,8 +218,50 @@ class CueNegex(Negex):
 
     def termination_boundaries(self, doc: Doc, terminating: list) -> list[tuple[int, int]]:
         # Negex reads doc.sents, which a blank pipeline does not set; a doc here is one sentence.
-        starts = sorted({0, *(t[1] for t in terminating), len(doc)})
+        starts = sorted({0, *(t[1] for t in terminating), *self._clause_starts(doc), len(doc)})
         return [(a, b) for a, b in zip(starts, starts[1:], strict=False) if a < b]
+
+    def _clause_starts(self, doc: Doc) -> list[int]:
+        """Token indices where a new clause opens at a comma or an "and" (see the class doc)."""
+        if self.aux_key is None or not doc.ents:
+            return []
+        aux = doc.user_data.get(self.aux_key, ())
+        before_words = [(s, e) for key, s, e in aux if key.startswith(self.comma_clause_aux)]
+        after_words = [(s, e) for key, s, e in aux if key.startswith(self.and_clause_aux)]
+        if not before_words and not after_words:
+            return []
+        findings = [e for e in doc.ents if e.label_.startswith(self.alternative_labels or ("",))]
+        starts = []
+        for i, token in enumerate(doc):
+            comma = token.text == ","
+            if not comma and token.lower_ != "and":
+                continue
+            nxt = next((e for e in findings if e.start > i), None)
+            if nxt is None or nxt.start - i > 4 or any(t.is_punct for t in doc[i + 1 : nxt.start]):
+                continue
+            # "no pneumothorax, small left effusion": its own size or severity, unless a list goes on
+            rest = doc[nxt.end :]
+            stop = next((k for k, t in enumerate(rest) if t.text in (";", ".")), len(rest))
+            # (a list goes on: "or"/"nor" after it, a conjunction after the comma, or commas
+            # before the "and": "no consolidation, pneumothorax, or large effusion")
+            listed = (
+                any(t.lower_ in ("or", "nor") for t in rest[:stop])
+                or any(t.lower_ in _CONJUNCTIONS for t in doc[i + 1 : nxt.start])
+                or (not comma and any(t.text == "," for t in doc[:i]))
+            )
+            sized = not listed and any(i < s and e <= nxt.end for s, e in before_words)
+            # "no pneumothorax and effusion is unchanged": its own predicate, a word after it that
+            # does not premodify the next finding ("no consolidation, pneumothorax or large effusion")
+            predicate = any(
+                nxt.end <= s
+                and e <= nxt.end + 4
+                and not any(t.is_punct or t.lower_ in _CONJUNCTIONS for t in doc[nxt.end : s])
+                and not any(f.start >= e and f.start - e <= 3 for f in findings)
+                for s, e in after_words
+            )
+            if sized or predicate:
+                starts.append(i + 1 if comma else i)
+        return starts
 
     def _cue(self, match_id: int, start: int, end: int, doc: Doc) -> Cue:
         direction = self._label_direction[match_id]
@@ -161,6 +275,7 @@ class CueNegex(Negex):
             span.text,
             f"{prefix}.{direction}.{rule_slug(self.phrases.get(key, key))}",
             alternative=key in self.alternative,
+            removal=key in self.removal,
         )
 
     def _alternative_reaches(
@@ -183,6 +298,20 @@ class CueNegex(Negex):
             if not ent.label_.startswith(self.alternative_labels):
                 return False
             ents = [e for e in ents if e.label_.startswith(self.alternative_labels)]
+        # a differential joins its neighbours: a few words at most between, no punctuation
+        # ("effusion, possibly from pleuritis or ..." is no differential of the effusion)
+        gap = doc[cue.end : ent.start] if before else doc[ent.end : cue.start]
+        if any(t.is_punct for t in gap):
+            return False
+        if len(gap) > ALTERNATIVE_GAP:
+            # or a longer site: "atelectasis in the right midlung zone versus scarring"
+            sites = {
+                i for key, s, e in doc.user_data.get(self.aux_key, ()) if key[0] in "NL" for i in range(s, e)
+            }
+            if len(gap) > ALTERNATIVE_SITE_GAP or not all(
+                t.i in sites or t.lower_ in _SITE_WORDS for t in gap
+            ):
+                return False
         if cue.direction == "preceding":
             if any(e.start >= cue.end and e.end <= ent.start for e in ents):
                 return False
@@ -197,7 +326,14 @@ class CueNegex(Negex):
             neighbour = doc[cue.end] if cue.end < b_end else None
         if other_one is not None:
             return True
-        return neighbour is not None and neighbour.is_alpha
+        if neighbour is None or not neighbour.is_alpha:
+            return False
+        if cue.direction == "following":
+            return True
+        # "acute or subacute fracture", "mild or moderate effusion": the alternatives are the
+        # finding's modifiers, the finding itself is stated
+        modifiers = [(s, e) for key, s, e in doc.user_data.get(self.aux_key, ()) if key.startswith("M|")]
+        return not any(s <= neighbour.i < e for s, e in modifiers)
 
     def negex(self, doc: Doc) -> Doc:
         preceding, following, terminating = self.process_negations(doc)
@@ -217,9 +353,30 @@ class CueNegex(Negex):
                 best: Cue | None = None
                 alt: Cue | None = None
                 for cue in inside:
+                    if cue.removal and ent.label_ not in self.removal_labels:
+                        continue
+                    if (
+                        cue.direction == "following"
+                        and ent.label_ in self.removal_labels
+                        and any(
+                            t.lower_ in _DEVICE_PARTS for t in doc[max(b_start, ent.start - 3) : cue.start]
+                        )
+                    ):
+                        # "enteric tube below the diaphragm, tip not seen": the tip, not the tube
+                        continue
                     if cue.alternative:
-                        if self._alternative_reaches(cue, ent, ents, doc, b_start, b_end) and (
-                            alt is None or cue.distance(ent.start, ent.end) < alt.distance(ent.start, ent.end)
+                        # as any following cue, it does not reach back past a preceding one
+                        # ("opacity may represent pleural or pericardial fat")
+                        past = cue.direction == "following" and any(
+                            ent.end <= p_start and p_end <= cue.start for p_start, p_end in preceding_spans
+                        )
+                        if (
+                            not past
+                            and self._alternative_reaches(cue, ent, ents, doc, b_start, b_end)
+                            and (
+                                alt is None
+                                or cue.distance(ent.start, ent.end) < alt.distance(ent.start, ent.end)
+                            )
                         ):
                             alt = cue
                         continue

@@ -26,7 +26,7 @@ from spacy.tokens import Doc, Span
 from spacy.util import filter_spans
 
 from pipeline.text import negation as _negation  # noqa: F401  (registers the clip2clinic_negex factory)
-from pipeline.text.lexicon import Anchor, Finding, Lexicon, load_lexicon
+from pipeline.text.lexicon import SUPPORT_DEVICES, Anchor, Finding, Lexicon, load_lexicon
 from pipeline.text.negation import Cue, decide
 
 NEG_EXT = "c2c_neg"
@@ -71,6 +71,9 @@ class _Matchers:
     A prefix term ("atelecta*", "plate atelecta*") has its ``*`` on the last token (the lexicon
     checks that). It is matched by a ``str.startswith`` scan: spaCy's Matcher with REGEX
     predicates cost a third of the stage's time for the same result.
+
+    Slash compounds share their head: in "infectious/inflammatory process" the term "infectious
+    process" is matched over the whole compound (the tokenizer splits the slash).
     """
 
     def __init__(self, nlp: Language) -> None:
@@ -79,13 +82,18 @@ class _Matchers:
         self.by_prefix: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
         self.prefixes: tuple[str, ...] = ()
         self.prefix_re: re.Pattern[str] | None = None
+        # plain terms of two or more tokens, by lower-cased tokens: for slash compounds
+        self.by_tokens: dict[tuple[str, ...], int] = {}
 
     def add(self, key: str, terms: Iterable[str]) -> None:
         phrases = []
         key_id = self.nlp.vocab.strings.add(key)
         for term in terms:
             if not term.endswith("*"):
-                phrases.append(self.nlp.make_doc(term))
+                doc = self.nlp.make_doc(term)
+                phrases.append(doc)
+                if 1 < len(doc) <= 4:
+                    self.by_tokens.setdefault(tuple(t.lower_ for t in doc), key_id)
                 continue
             head, _, last = term.rpartition(" ")
             before = tuple(t.lower_ for t in self.nlp.make_doc(head)) if head else ()
@@ -97,6 +105,8 @@ class _Matchers:
 
     def __call__(self, doc: Doc) -> list[tuple[int, int, int]]:
         matches = self.phrase(doc)
+        if "/" in doc.text:
+            matches += self._slash_compounds(doc, {(s, e) for _, s, e in matches})
         prefixes = self.prefixes
         if self.prefix_re is None or not self.prefix_re.search(doc.text.lower()):
             return matches
@@ -112,6 +122,22 @@ class _Matchers:
                     if start >= 0 and all(doc[start + k].lower_ == w for k, w in enumerate(before)):
                         matches.append((key_id, start, i + 1))
         return matches
+
+    def _slash_compounds(self, doc: Doc, found: set[tuple[int, int]]) -> list[tuple[int, int, int]]:
+        """ "a/b c": the term "a c" over the whole compound, or over "a" alone when "b c" is a term
+        too ("pleural/pericardial effusion": both effusions)."""
+        out = []
+        for i in range(1, len(doc) - 2):
+            if doc[i].text != "/":
+                continue
+            for k in range(1, 4):
+                end = i + 2 + k
+                if end > len(doc):
+                    break
+                key_id = self.by_tokens.get((doc[i - 1].lower_, *(t.lower_ for t in doc[i + 2 : end])))
+                if key_id is not None:
+                    out.append((key_id, i - 1, i if (i + 1, end) in found else end))
+        return out
 
 
 @Language.factory("clip2clinic_lexicon", default_config={"lexicon_dir": None})
@@ -171,21 +197,37 @@ def _longest(matches: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
 
 
 _SLASH = re.compile(r"(?<=[A-Za-z])/(?=[A-Za-z])")
+# A list number glued to its item ("2.No effusion", "3)no edema", "(2)No effusion", and after the
+# previous item's period, "effusion.2.No pneumothorax"): split it off like "2. No", or the item's
+# first word (often its negation cue) is hidden inside one token.
+_LIST_GLUE = re.compile(
+    r"(?:(?<=^\d)|(?<=^\d\d)|(?<=^\(\d)|(?<=^\(\d\d)|(?<=[A-Za-z]\.\d)|(?<=[A-Za-z]\.\d\d))[.)](?=[A-Za-z])"
+    r"|(?<=^\()\d{1,2}(?=\)[A-Za-z])"
+    r"|(?<=[A-Za-z]{2})\.(?=\(?\d{1,2}[.)][A-Za-z])"
+)
 
 
-def _split_slashes(tokenizer) -> None:  # type: ignore[no-untyped-def]
-    """Make a letter/letter slash an infix: "scarring/atelectasis" is two findings.
+def _split_infixes(tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """Add two infix rules to scispacy's: letter/letter slashes and glued list numbers.
 
     scispacy keeps "NG/OG" or "scarring/atelectasis" as one token, which hides the findings from
-    the matchers. Terms and cue phrases go through the same tokenizer, so "ng/og tube" or "and/or"
-    still match.
+    the matchers: a letter/letter slash is split. Terms and cue phrases go through the same
+    tokenizer, so "ng/og tube" or "and/or" still match. A list number glued to its item is split
+    off (``_LIST_GLUE``).
     """
     original = tokenizer.infix_finditer
 
     def finditer(text: str) -> list[re.Match]:
         matches = list(original(text))
+        extra = []
         if "/" in text:
-            matches = sorted([*matches, *_SLASH.finditer(text)], key=lambda m: m.start())
+            extra += _SLASH.finditer(text)
+        if "." in text or ")" in text:
+            extra += _LIST_GLUE.finditer(text)
+        if extra:
+            taken = [(m.start(), m.end()) for m in matches]
+            extra = [m for m in extra if not any(a < m.end() and m.start() < b for a, b in taken)]
+            matches = sorted([*matches, *extra], key=lambda m: m.start())
         return matches
 
     tokenizer.infix_finditer = finditer
@@ -201,8 +243,9 @@ def build_nlp(lexicon_dir: str | None = None) -> Language:
         # scispacy's tokenizer regexes trip a FutureWarning inside re.compile; nothing to fix here.
         warnings.filterwarnings("ignore", category=FutureWarning)
         nlp.tokenizer = combined_rule_tokenizer(nlp)
-    _split_slashes(nlp.tokenizer)
+    _split_infixes(nlp.tokenizer)
     nlp.add_pipe("clip2clinic_lexicon", config={"lexicon_dir": lexicon.source})
+    devices = sorted(f"F|{f.id}" for f in lexicon.findings.values() if f.observation == SUPPORT_DEVICES)
     for name, ext, termset in (
         ("negation", NEG_EXT, lexicon.negation),
         ("uncertainty", UNC_EXT, lexicon.uncertainty),
@@ -219,6 +262,13 @@ def build_nlp(lexicon_dir: str | None = None) -> Language:
                 "alternative_terms": list(termset.alternative),
                 # the other side of "X versus Y" must be a finding, not a structure ("heart")
                 "alternative_labels": ["F|"],
+                "removal_terms": list(termset.removal_preceding + termset.removal_following),
+                "removal_labels": devices,
+                "aux_key": AUX_KEY,
+                # new clauses inside a negation's scope only: a hedge's list stays one
+                # differential ("differential includes atelectasis, small infiltrate, scarring")
+                "comma_clause_aux": ["M|severity|", "M|size|"] if name == "negation" else [],
+                "and_clause_aux": ["M|severity|", "M|size|", "M|temporal|"] if name == "negation" else [],
             },
         )
     return nlp

@@ -15,7 +15,8 @@ Which sections are ``is_labeled`` (the section a CheXpert-style labeler reads), 
 MIT-LCP's choice for the official MIMIC-CXR labels: the last impression; else the last findings;
 else the last paragraph; else the last comparison. A report with findings *and* impression has
 only its impression marked; ``labeled="findings_and_impression"`` marks both (the last of each).
-See :func:`pipeline.text.sections.mark_labeled` for the last-paragraph rule.
+See :func:`pipeline.text.sections.mark_labeled` for the last-paragraph rule, which applies to MIMIC-CXR
+reports only by default (``headerless``): a free-text cell of a table is labelled whole.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 STAGE = "parse"
 UNKNOWN_HEADER_POLICIES = ("mit_lcp", "ignore")
 LABELED_POLICIES = ("mit_lcp", "findings_and_impression")
+HEADERLESS_POLICIES = ("auto", "last_paragraph", "whole")
+# adapters whose official labels read only a headerless report's last paragraph (MIT-LCP)
+LAST_PARAGRAPH_SOURCES = frozenset({"mimic_cxr"})
 _CANONICAL = re.compile(r"[a-z][a-z0-9_]*")
 
 load_headers()  # read and check the bundled rules at import, not inside the stage
@@ -68,8 +72,13 @@ class ParseConfig:
         they win over the bundled list.
     labeled: ``"mit_lcp"`` (only the last impression when there is one) or
         ``"findings_and_impression"`` (the last impression and the last findings).
-    last_paragraph: with neither findings nor impression, split the text after the first blank
-        line of the last section off as a ``last_paragraph`` section and mark it (MIT-LCP).
+    headerless: what a report with neither findings nor impression labels (see
+        :func:`pipeline.text.sections.mark_labeled`). ``"last_paragraph"``: the text after the
+        first blank line of its last section, split off as a ``last_paragraph`` section (MIT-LCP's
+        rule, which the official MIMIC-CXR labels follow); ``"whole"``: the whole last section (a
+        free-text cell is labelled whole, as the CheXpert labeler and CheXbert do); ``"auto"``:
+        ``last_paragraph`` for reports whose ``source`` is ``mimic_cxr`` (the demo dump too),
+        ``whole`` for every other adapter (tables, CheXpert Plus) and when there is no source.
     short_line: a line shorter than this (characters, indentation included) followed by a line
         starting with a capital ends its sentence (unpunctuated lists); 0 turns this off. Lines
         wrapped near column 79 are far longer.
@@ -83,7 +92,7 @@ class ParseConfig:
     inline_headers: bool = True
     extra_headers: tuple[str, ...] = ()
     labeled: str = "mit_lcp"
-    last_paragraph: bool = True
+    headerless: str = "auto"
     short_line: int = 40
     max_sentence_chars: int = 1000
     abbreviations: tuple[str, ...] = ABBREVIATIONS
@@ -94,6 +103,8 @@ class ParseConfig:
             raise _bad("unknown_headers", self.unknown_headers, UNKNOWN_HEADER_POLICIES)
         if self.labeled not in LABELED_POLICIES:
             raise _bad("labeled", self.labeled, LABELED_POLICIES)
+        if self.headerless not in HEADERLESS_POLICIES:
+            raise _bad("headerless", self.headerless, HEADERLESS_POLICIES)
         for entry in self.extra_headers:
             spelling, sep, name = entry.partition("=")
             if not sep or not spelling.strip() or not _CANONICAL.fullmatch(name.strip()):
@@ -151,6 +162,11 @@ def parse(tables: Mapping[str, pa.Table], *, config: ParseConfig) -> dict[str, p
     ids = reports.column("report_id").to_pylist()
     texts = reports.column("text").to_pylist()
     spans = reports.column("sections").to_pylist() if "sections" in reports.column_names else None
+    if config.headerless == "auto":
+        sources = reports.column("source").to_pylist() if "source" in reports.column_names else None
+        last_paragraph = [s in LAST_PARAGRAPH_SOURCES for s in sources] if sources else [False] * len(ids)
+    else:
+        last_paragraph = [config.headerless == "last_paragraph"] * len(ids)
 
     rules = _header_rules(config.extra_headers)
     srules = _sentence_rules(
@@ -177,7 +193,7 @@ def parse(tables: Mapping[str, pa.Table], *, config: ParseConfig) -> dict[str, p
             text, known, rules, unknown=config.unknown_headers, inline=config.inline_headers
         )
         sections, flags = mark_labeled(
-            text, sections, policy=config.labeled, last_paragraph=config.last_paragraph
+            text, sections, policy=config.labeled, last_paragraph=last_paragraph[i]
         )
         per_section = [split_sentences(text, s.start, s.end, srules) for s in sections]
         if not any(per_section):

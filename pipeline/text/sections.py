@@ -366,7 +366,8 @@ def mark_labeled(
     holds a blank line, its text after the first blank line is split off as a new section
     ``last_paragraph`` and read. In MIMIC-CXR that is the narrative after ``COMPARISON: None.`` or
     after a title line such as ``PORTABLE CHEST RADIOGRAPH``; in a headerless report of several
-    paragraphs the first paragraph is left unread, as in the official labels. Else, when the last
+    paragraphs the first paragraph is left unread, as in the official labels (the parse stage turns
+    this on for MIMIC-CXR reports only: ``ParseConfig.headerless``). Else, when the last
     section is ``other`` (no header governs it: a one-paragraph free-text report), all of it is
     read. Returns the (possibly extended) sections and one flag per section.
     """

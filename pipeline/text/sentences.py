@@ -8,13 +8,17 @@ Works on a span of the report text and returns span offsets, so every sentence i
   (``Dr.``, ``approx.``, ``e.g.``, ``vs.``); an ambiguous one (``a.m.``, ``p.m.``, ``etc.``) ends
   the sentence only when a capitalised word or a list number follows. ``5.2 cm`` never splits (no
   space after the point); ``p.m..`` does (abbreviation, then a full stop).
-* a ``.`` glued to a capitalised word (``effusion.There``), a frequent typo;
+* a ``.`` glued to a capitalised word (``effusion.There``) or to a list number
+  (``effusion.2.No pneumothorax``), frequent typos;
 * a blank line;
 * a line break before a list item (``2.``, ``(2)``, ``-``, ``*``), or after a *short* line (under
   ``short_line`` characters) when the next line starts with a capital: lines wrapped near column
   79 are long, so a short line with text after it was broken on purpose (an unpunctuated list);
 * a list number inside a line that continues the list (``1. Cardiomegaly 2. No effusion``,
-  ``1) Cardiomegaly 2) No effusion``).
+  ``1) Cardiomegaly 2) No effusion``, ``1.Cardiomegaly 2.No effusion``).
+
+A list number may be glued to its item (``2.No effusion``, ``3)no edema``): it is a marker all the
+same.
 
 Any other line break (wrapping) does not end a sentence. List markers are not part of a sentence.
 Sentences with no letter or digit (``___``, ``----``) are dropped; one longer than
@@ -46,12 +50,14 @@ _EVENTS = re.compile(
     r"(?<=\n)(?P<para>[ \t]*\n)"
     r"|(?<=\n)(?P<nl>)"
     r"|(?<=[.!?])(?<![.!?][.!?])(?P<term>[.!?]*+)[)\]\"'\u2019\u201d]*+(?=\s|\Z)"
-    r"|(?<=[A-Za-z_]{2}\.)(?P<glued>)(?=[A-Z][a-z])"
-    r"|(?<=\s\()(?P<item>\d{1,2})\)(?=\s)"
-    r"|(?<=\s\d)(?P<item2>\d?)\)(?=\s)"
+    r"|(?<=[A-Za-z_]{2}\.)(?P<glued>)(?=[A-Z][a-z]|\(?\d{1,2}[.)]\s*[A-Za-z])"
+    r"|(?<=\s\()(?P<item>\d{1,2})\)(?=\s|[A-Za-z])"
+    r"|(?<=\s\d)(?P<item2>\d?)\)(?=\s|[A-Za-z])"
+    r"|(?<=\s\d)(?P<item3>\d?)\.(?=[A-Za-z])"
     r")"
 )
-_LEAD = re.compile(r"\s*+(?:(?:\(?(?P<num>\d{1,2})[.)]|[-*\u2022\u25aa\u00b7])\s+)?")
+# a list marker; a number may be glued to its item ("2.No effusion", "3)no edema")
+_LEAD = re.compile(r"\s*+(?:\(?(?P<num>\d{1,2})[.)](?:\s+|(?=[A-Za-z]))|[-*\u2022\u25aa\u00b7]\s+)?")
 _ITEM_AT = re.compile(r"[ \t]*(?:\(?\d{1,2}[.)]|[-*\u2022\u25aa\u00b7])\s")
 _CAPITAL_AT = re.compile(r"[ \t]*[A-Z]")
 _SENTENCE_PUNCT = re.compile(r"[.!?]")
@@ -171,8 +177,9 @@ def split_sentences(text: str, start: int, end: int, rules: SentenceRules) -> li
             stop = m.end() if kind == "term" else p + 1
             _emit(out, text, cur, stop, rules.max_chars)
             cur, num = _skip(text, stop, end, num)
-        elif kind == "item" or kind == "item2":
-            # "1) Cardiomegaly 2) No effusion": the next number of a list opens the next item
+        elif kind in ("item", "item2", "item3"):
+            # "1) Cardiomegaly 2) No effusion", "1.Cardiomegaly 2.No effusion": the next number
+            # of a list opens the next item
             if num is not None and int(text[p : m.end() - 1].lstrip("(")) == num + 1:
                 _emit(out, text, cur, p, rules.max_chars)
                 cur, num = _skip(text, p, end, num)
