@@ -490,6 +490,11 @@ def test_a_removal_denies_the_device_only(sentence, device):
         ("No pneumothorax, effusion and edema.", "pulmonary_edema", "absent"),
         ("No pneumothorax or mild edema.", "pulmonary_edema", "absent"),
         ("No pneumothorax, effusion, or consolidation.", "pneumothorax", "absent"),
+        # a following cue with its own subject after a comma stays in its clause
+        ("Small right pleural effusion, pneumonia cannot be excluded.", "pleural_effusion", "present"),
+        ("Small right pleural effusion, pneumonia cannot be excluded.", "pneumonia", "uncertain"),
+        ("Pneumothorax, effusion, or consolidation is not seen.", "pneumothorax", "absent"),
+        ("Pneumothorax, effusion and consolidation are not seen.", "pneumothorax", "absent"),
     ],
 )
 def test_negation_scope_ends_at_a_new_clause(sentence, finding, expected):

@@ -335,6 +335,19 @@ class CueNegex(Negex):
         modifiers = [(s, e) for key, s, e in doc.user_data.get(self.aux_key, ()) if key.startswith("M|")]
         return not any(s <= neighbour.i < e for s, e in modifiers)
 
+    @staticmethod
+    def _own_subject(doc: Doc, ents: list[Span], ent: Span, cue: Cue) -> bool:
+        """Whether a following cue has its own subject after a comma, out of ``ent``'s clause:
+        "small right effusion, pneumonia cannot be excluded" hedges the pneumonia only, while
+        "pneumothorax, effusion, or consolidation is not seen" is one list."""
+        commas = [t.i for t in doc[ent.end : cue.start] if t.text == ","]
+        if not commas:
+            return False
+        segment = doc[commas[-1] + 1 : cue.start]
+        return any(segment.start <= e.start and e.end <= segment.end for e in ents) and not any(
+            t.lower_ in _CONJUNCTIONS for t in segment
+        )
+
     def negex(self, doc: Doc) -> Doc:
         preceding, following, terminating = self.process_negations(doc)
         boundaries = self.termination_boundaries(doc, terminating)
@@ -390,6 +403,7 @@ class CueNegex(Negex):
                         and not any(
                             ent.end <= p_start and p_end <= cue.start for p_start, p_end in preceding_spans
                         )
+                        and not self._own_subject(doc, ents, ent, cue)
                     )
                     if reaches and (
                         best is None or cue.distance(ent.start, ent.end) < best.distance(ent.start, ent.end)
