@@ -228,9 +228,10 @@ display(gate_table)
 # %% [markdown]
 # ## One CXR-Align row
 #
-# For a report of the benchmark splits and one finding it states (`chosen`, as the report writes
-# it): the report (comparisons removed), the negation (the finding's sentences removed and a
-# denial inserted at `location`) and the omitted report (the sentences removed, no denial). Task A
+# For a report of the benchmark splits and one finding it states (`finding`, ours; `chosen`, its
+# CheXpert class, as the published file has it): the report (comparisons removed), the negation
+# (the finding's sentences removed and a denial inserted at `location`: first, middle, last, or
+# `add` when nothing else is left) and the omitted report (the sentences removed, no denial). Task A
 # asks whether the image is nearer the report than the negation; task B, nearer the report than
 # the omitted one. The variants are shown as diffs against the report (struck red: removed,
 # green: added). The row shown is the run's first; when the run has no benchmark rows, a

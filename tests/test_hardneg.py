@@ -2,7 +2,7 @@
 CXR-Align, on hand-built sentences (read by the real text engine), on the demo run, and on real
 Open-i reports.
 
-Regenerate the golden file after an intended change with::
+Regenerate the golden files (hardneg_pairs, cxr_align) after an intended change with::
 
     CLIP2CLINIC_UPDATE_GOLDEN=1 .venv/bin/pytest tests/test_hardneg.py -k golden
 """
@@ -12,15 +12,17 @@ from __future__ import annotations
 import json
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.core.io import read_dataset
-from pipeline.hardneg.__main__ import export_cxr_align
+from pipeline.hardneg.__main__ import export_cxr_align, main, published_items
 from pipeline.hardneg.rewrite import flips, load_rules
-from pipeline.hardneg.stage import HardnegConfig, hardneg_rewrite
-from pipeline.hardneg.variants import LOCATIONS, clean, denial, site_phrase
+from pipeline.hardneg.stage import ALIGN_CLASSES, GateConfig, HardnegConfig, hardneg, hardneg_rewrite
+from pipeline.hardneg.variants import LOCATIONS, clean, denial, locations, place, site_phrase
+from pipeline.text.lexicon import load_lexicon
 from pipeline.text.nlp import load_engine
 
 
@@ -325,6 +327,87 @@ def test_rewrite_is_deterministic_for_a_seed_and_variants_are_well_formed():
     assert len(seeds) > 1  # the seed draws templates and places
 
 
+def test_a_denial_goes_first_middle_last_or_add():
+    assert locations(0) == ("add",) and locations(1) == ("first", "last")
+    assert set(locations(2)) == set(locations(5)) == {"first", "middle", "last"}
+    assert place([], "D.", "add") == ["D."]
+    assert place(["A."], "D.", "first") == ["D.", "A."] and place(["A."], "D.", "last") == ["A.", "D."]
+    for n in range(2, 7):
+        out = place([f"s{i}." for i in range(n)], "D.", "middle")
+        assert 0 < out.index("D.") < n  # strictly inside: a sentence on each side
+    for sentences, location in (([], "first"), (["A."], "middle"), (["A."], "add"), (["A.", "B."], "add")):
+        with pytest.raises(ValueError, match="denial beside"):
+            place(sentences, "D.", location)
+
+
+ALONE = [
+    # edema is all that is left once comparisons go: the denial alone ("add")
+    ("r4", "test", ["Comparison is made to the prior study.", "Moderate pulmonary edema."]),
+    # one sentence beside each denial: first or last, never a "middle" that would be first
+    ("r5", "test", ["Small right pneumothorax.", "Heart size is normal."]),
+    ("r6", "test", ["Small hiatal hernia.", "Small right pneumothorax.", "No effusion."]),
+    ("r7", "train", ["Moderate pulmonary edema.", "No effusion."]),
+]
+
+
+def test_variants_place_the_denial_by_what_is_left():
+    for seed in range(8):
+        rows = hardneg_rewrite(tables_for(ALONE), config=HardnegConfig(seed=seed))["hardneg_candidates"]
+        denials = {(r["report_id"], r["finding"]): r for r in rows.to_pylist() if r["kind"] == "denial"}
+        add = denials[("r4", "pulmonary_edema")]
+        assert add["location"] == "add" and add["omitted"] == ""
+        assert add["negation"] == add["flipped"] and add["texts"] == [add["flipped"]]
+        assert add["expected"] == ["pulmonary_edema=absent"]
+        assert denials[("r5", "pneumothorax")]["location"] in ("first", "last")
+        for r in denials.values():
+            assert r["location"] in locations(len(r["texts"]) - 1)
+            assert r["negation"] == " ".join(r["texts"])
+
+
+def findings_of(tables: dict[str, pa.Table]) -> pa.Table:
+    """A ``findings`` table for ``tables_for``'s mentions: each finding with the lexicon's class."""
+    lexicon = load_lexicon()
+    pairs = sorted({(m["report_id"], m["finding"]) for m in tables["mentions"].to_pylist()})
+    return pa.table(
+        {
+            "report_id": [r for r, _ in pairs],
+            "finding": [f for _, f in pairs],
+            "observation": pa.array([lexicon.findings[f].observation for _, f in pairs], pa.string()),
+        }
+    )
+
+
+def test_the_gate_gives_cxr_align_the_chexpert_class_and_leaves_out_findings_without_one():
+    tables = tables_for(REPORTS + ALONE)
+    candidates = hardneg_rewrite(tables, config=HardnegConfig(seed=0))["hardneg_candidates"]
+    readings = pa.table(  # a reread that reads every text as intended
+        {"candidate_id": candidates.column("candidate_id"), "observed": candidates.column("expected")}
+    )
+    out = hardneg(
+        {"hardneg_candidates": candidates, "hardneg_readings": readings, "findings": findings_of(tables)},
+        config=GateConfig(),
+    )
+    negated = out["negated_reports"].to_pylist()
+    align = {(r["report_id"], r["finding"]): r for r in out["cxr_align"].to_pylist()}
+    assert {k: r["chosen"] for k, r in align.items()} == {
+        ("r1", "cardiomegaly"): "Cardiomegaly",
+        ("r1", "pleural_effusion"): "Pleural Effusion",
+        ("r4", "pulmonary_edema"): "Edema",
+        ("r5", "pneumothorax"): "Pneumothorax",
+        ("r6", "pneumothorax"): "Pneumothorax",
+    }
+    assert set(r["chosen"] for r in align.values()) <= ALIGN_CLASSES and "No Finding" not in ALIGN_CLASSES
+    assert len(ALIGN_CLASSES) == 13
+    # hiatal hernia has no CheXpert class: a benchmark negated report, but no CXR-Align row
+    by_key = {(r["report_id"], r["finding"]): r for r in negated}
+    assert by_key[("r6", "hiatal_hernia")]["template_set"] == "benchmark"
+    assert by_key[("r7", "pulmonary_edema")]["template_set"] == "train"
+    # negated_reports keeps the finding's phrase as the report writes it
+    assert by_key[("r1", "pleural_effusion")]["chosen"] == "pleural effusion"
+    assert align[("r4", "pulmonary_edema")]["location"] == "add"
+    assert align[("r4", "pulmonary_edema")]["negation"] == by_key[("r4", "pulmonary_edema")]["denial"]
+
+
 def test_demo_run_gate_and_outputs(demo_run, tmp_path):
     out = str(demo_run)
     pairs = read_dataset(out, "negation_pairs").to_pylist()
@@ -346,13 +429,136 @@ def test_demo_run_gate_and_outputs(demo_run, tmp_path):
     assert rows["rows_in"] == rows["rows_out"] + rows["rows_rejected"] == candidates
     align = read_dataset(out, "cxr_align").to_pylist()
     bench = {(r["report_id"], r["finding"]) for r in negated if r["template_set"] == "benchmark"}
-    assert {(r["report_id"], r["finding"]) for r in align} == bench
+    classes = {
+        (f["report_id"], f["finding"]): f["observation"] for f in read_dataset(out, "findings").to_pylist()
+    }
+    # every benchmark negated report whose finding has a CheXpert class, that class as `chosen`
+    assert {(r["report_id"], r["finding"]) for r in align} == {k for k in bench if classes[k] is not None}
+    assert bench - {(r["report_id"], r["finding"]) for r in align}  # the demo has some with none
+    assert all(r["chosen"] == classes[(r["report_id"], r["finding"])] in ALIGN_CLASSES for r in align)
     assert all(r["split"] == "test" for r in align)
     assert all(r["split"] != "test" for r in negated if r["template_set"] == "train")
-    n = export_cxr_align(out, str(tmp_path / "cxr_align.json"))
+    # the denial's place, as CXR-Align has it
+    denials = {(r["report_id"], r["finding"]): r["denial"] for r in negated}
+    for r in [*align, *negated]:
+        d, omitted, negation = denials[(r["report_id"], r["finding"])], r["omitted"], r["negation"]
+        expected = {
+            "add": d,
+            "first": f"{d} {omitted}",
+            "last": f"{omitted} {d}",
+        }.get(r["location"])
+        if r["location"] == "middle":
+            assert not negation.startswith(d) and not negation.endswith(d), r
+            assert negation.replace(f" {d} ", " ") == omitted, r
+        else:
+            assert negation == expected, r
+        assert (omitted == "") == (r["location"] == "add"), r
+    assert {r["location"] for r in negated} == set(LOCATIONS)
+    summary = export_cxr_align(out, str(tmp_path / "cxr_align.json"))
     data = json.loads((tmp_path / "cxr_align.json").read_text())
-    assert len(data) == n == len(align)
-    assert all({"report", "chosen", "negation", "omitted", "location"} <= set(d) for d in data)
+    assert list(data) == ["mimic"] and summary.keyed_by == "image_id"
+    items = data["mimic"]
+    assert len(items) == summary.items and summary.rows == len(align) > 0
+    assert summary.items + summary.no_image + summary.extra_rows == len(align)
+    assert summary.no_class == len(bench) - len(align)
+    images = {
+        m["image_id"]: m["report_id"]
+        for m in read_dataset(out, "images_meta", ["image_id", "report_id"]).to_pylist()
+    }
+    rows = {(r["report_id"], r["finding"]): r for r in align}
+    for image_id, item in items.items():
+        assert set(item) == {"report", "chosen", "negation", "omitted", "location", "report_id", "finding"}
+        assert all(isinstance(v, str) for v in item.values())
+        assert images[image_id] == item["report_id"]
+        row = rows[(item["report_id"], item["finding"])]
+        assert {k: row[k] for k in item} == item
+
+
+def write_run(out, datasets: dict[str, list[dict]]) -> str:
+    """A run folder holding one hand-built part per dataset (what the exporter reads)."""
+    for name, rows in datasets.items():
+        (out / name).mkdir(parents=True)
+        pq.write_table(pa.Table.from_pylist(rows), out / name / "part-00000.parquet")
+    return str(out)
+
+
+def align_row(report_id: str, finding: str, chosen: str, location: str = "first") -> dict:
+    omitted = "" if location == "add" else "Heart size is normal."
+    denial = f"No {finding} is seen."
+    negation = {"first": f"{denial} {omitted}", "last": f"{omitted} {denial}", "add": denial}[location]
+    return {
+        "report_id": report_id,
+        "finding": finding,
+        "report": f"There is {finding}. {omitted}".strip(),
+        "chosen": chosen,
+        "negation": negation,
+        "omitted": omitted,
+        "location": location,
+    }
+
+
+def test_export_keys_each_image_by_its_report_rows(tmp_path, capsys):
+    align = [
+        align_row("s1", "pleural_effusion", "Pleural Effusion"),
+        align_row("s1", "pneumothorax", "Pneumothorax", "last"),
+        align_row("s2", "pulmonary_edema", "Edema", "add"),
+        align_row("s3", "cardiomegaly", "Cardiomegaly"),
+    ]
+    images = [
+        {"image_id": "d-lat", "report_id": "s1", "view_position": "LATERAL"},
+        {"image_id": "d-pa", "report_id": "s1", "view_position": "PA"},
+        {"image_id": "d-ap", "report_id": "s2", "view_position": "AP"},
+        {"image_id": "d-x", "report_id": "s2", "view_position": None},
+        {"image_id": "d-other", "report_id": "s9", "view_position": "PA"},
+    ]
+    out = write_run(
+        tmp_path / "run",
+        {
+            "reports": [{"report_id": r, "source": "mimic_cxr"} for r in ("s1", "s2", "s3", "s9")],
+            "cxr_align": align,
+            "images_meta": images,
+            "negated_reports": [{"template_set": t} for t in ["benchmark"] * 6 + ["train"] * 3],
+        },
+    )
+    path = tmp_path / "cxr_align.json"
+    summary = export_cxr_align(out, str(path))
+    data = json.loads(path.read_text())
+    # frontal first: the PA gets s1's first row by finding, the lateral its second; s2's one row
+    # goes to its AP view; s3 has no image
+    assert {k: (v["report_id"], v["finding"]) for k, v in data["mimic"].items()} == {
+        "d-pa": ("s1", "pleural_effusion"),
+        "d-lat": ("s1", "pneumothorax"),
+        "d-ap": ("s2", "pulmonary_edema"),
+    }
+    assert data["mimic"]["d-ap"] == align[2]
+    assert data["mimic"]["d-ap"]["location"] == "add" and data["mimic"]["d-ap"]["omitted"] == ""
+    assert (summary.items, summary.rows, summary.no_image, summary.extra_rows, summary.no_class) == (
+        3,
+        4,
+        1,
+        0,
+        2,
+    )
+    assert main(["export", out, str(path), "--dataset", "mimic-demo"]) == 0
+    assert list(json.loads(path.read_text())) == ["mimic-demo"]
+    printed = capsys.readouterr().out
+    assert "wrote 3 CXR-Align items of 4 rows" in printed and "1 rows of reports with no image" in printed
+    assert main(["export"]) == 2 and main(["export", str(tmp_path / "none")]) == 1
+
+
+def test_export_without_images_keys_by_report_id(tmp_path):
+    align = [
+        align_row("r1", "cardiomegaly", "Cardiomegaly"),
+        align_row("r1", "pleural_effusion", "Pleural Effusion"),
+        align_row("r2", "pneumothorax", "Pneumothorax", "last"),
+    ]
+    out = write_run(
+        tmp_path / "run",
+        {"reports": [{"report_id": r, "source": "table"} for r in ("r1", "r2")], "cxr_align": align},
+    )
+    data, summary = published_items(out)
+    assert {k: v["finding"] for k, v in data["table"].items()} == {"r1": "cardiomegaly", "r2": "pneumothorax"}
+    assert (summary.keyed_by, summary.items, summary.extra_rows, summary.no_class) == ("report_id", 2, 1, 0)
 
 
 def test_golden(demo_run, golden):
@@ -373,6 +579,12 @@ def test_golden(demo_run, golden):
         for p in pairs
     )
     golden("hardneg_pairs", rows)
+    align = read_dataset(str(demo_run), "cxr_align").to_pylist()
+    rows = [["report_id", "finding", "chosen", "location", "negation", "omitted"]]
+    rows += sorted(
+        [r["report_id"], r["finding"], r["chosen"], r["location"], r["negation"], r["omitted"]] for r in align
+    )
+    golden("cxr_align", rows)
 
 
 @pytest.mark.shared_data

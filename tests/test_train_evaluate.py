@@ -23,6 +23,7 @@ from pipeline.core.io import read_dataset
 from pipeline.core.registry import get_stage
 from pipeline.core.runner import Runner
 from pipeline.core.schemas import load_schema
+from pipeline.hardneg.__main__ import export_cxr_align
 from pipeline.train import evaluate as ev
 from pipeline.train import metrics
 
@@ -299,11 +300,34 @@ def test_published_cxr_align_reader(tmp_path):
     assert [pngs[i] for i in items.image] == [b"p1", b"p2"]
     assert items.negation[0].startswith("No pleural effusion") and items.location == ["first", "add"]
     path.write_text(json.dumps({"mimic": {"d1": {"report": "x", "chosen": "Edema"}}}))
-    with pytest.raises(ValueError, match="mimic/d1 lacks negation, omitted"):
+    with pytest.raises(ValueError, match="mimic/d1 lacks negation, omitted, location"):
+        ev.read_published_align(path)
+    path.write_text(json.dumps({"mimic": {"d1": {**published["mimic"]["d1"], "chosen": 3}}}))
+    with pytest.raises(ValueError, match="mimic/d1 lacks chosen"):  # every value a string
+        ev.read_published_align(path)
+    path.write_text(json.dumps({"mimic": published["mimic"], "other": {"d2": published["mimic"]["d2"]}}))
+    with pytest.raises(ValueError, match="d2 is under both 'mimic' and 'other'"):
         ev.read_published_align(path)
     path.write_text(json.dumps(["not", "nested"]))
     with pytest.raises(ValueError, match="dataset"):
         ev.read_published_align(path)
+
+
+def test_an_exported_cxr_align_file_reads_back_as_the_run_wrote_it(demo_run: Path, tmp_path: Path):
+    """The round trip: python -m pipeline.hardneg export -> the reader -> items on the run's images."""
+    path = tmp_path / "cxr_align.json"
+    summary = export_cxr_align(str(demo_run), str(path))
+    rows = ev.read_published_align(path)
+    assert len(rows) == summary.items > 0 and {r["dataset"] for r in rows.values()} == {"mimic"}
+    images = ev.read_images(demo_run / "images", rows)
+    items, pngs = ev.align_items_from_json(rows, images)
+    assert items.rows == len(rows) and len(items) == len(pngs) == len(rows) - items.unmatched > 0
+    table = read_dataset(str(demo_run), "cxr_align").to_pylist()
+    keys = ("report", "negation", "omitted", "location", "chosen")
+    written = {(r["report_id"], *(r[k] for k in keys)) for r in table}
+    read = list(zip(items.group, *(getattr(items, k) for k in keys), strict=True))
+    assert set(read) <= written  # each item is a row of the run's cxr_align, on an image of its study
+    assert {r[-1] for r in read} <= set(ev.OBSERVATIONS) - {"No Finding"}  # chosen: a CheXpert class
 
 
 # -- the stage on the demo run ------------------------------------------------------------------------

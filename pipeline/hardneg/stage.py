@@ -18,9 +18,9 @@ import pyarrow as pa
 
 from pipeline.core.errors import reject_table
 from pipeline.core.registry import map_stage
-from pipeline.core.schemas import conform, load_schema
+from pipeline.core.schemas import chexpert_observations, conform, load_schema
 from pipeline.hardneg.rewrite import cached_flips, load_rules
-from pipeline.hardneg.variants import LOCATIONS, clean, denial, draw, place, site_phrase
+from pipeline.hardneg.variants import clean, denial, draw, locations, place, site_phrase
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def _labeled(tables: Mapping[str, pa.Table], config: HardnegConfig) -> set[tuple
 
 @map_stage(
     "hardneg_rewrite",
-    version=1,
+    version=2,
     inputs=("reports", "sentences", "mentions", "sections"),
     outputs=("hardneg_candidates",),
     config=HardnegConfig,
@@ -186,10 +186,11 @@ def _variants(
     out = []
     for finding, phrase in sorted(present.items()):
         rest = [(t, e) for t, found, e in kept if finding not in found]
-        if not rest:
-            continue  # nothing left once the finding is omitted
         k = draw(config.seed, rid, finding, "template", n=len(templates))
-        location = LOCATIONS[draw(config.seed, rid, finding, "location", n=len(LOCATIONS))]
+        # nothing left once the finding is omitted: the denial alone ("add"); one sentence left:
+        # first or last, since a middle there would be one of them
+        places = locations(len(rest))
+        location = places[draw(config.seed, rid, finding, "location", n=len(places))]
         sentence = denial(phrase, templates[k])
         texts = place([t for t, _ in rest], sentence, location)
         expected = place([e for _, e in rest], reading([(finding, "absent")]), location)
@@ -225,17 +226,37 @@ def _difference(expected: list[str], observed: list[str]) -> str | None:
     return None
 
 
+# CXR-Align's `chosen`: one of the 13 CheXpert classes; No Finding is no finding to deny.
+ALIGN_CLASSES = frozenset(chexpert_observations()) - {"No Finding"}
+
+
+def chexpert_class_of(findings: pa.Table) -> dict[str, str]:
+    """Fine finding -> its CheXpert class, from a ``findings`` table (whose ``observation`` is the
+    lexicon's, one per finding); findings with none (null) or No Finding are absent."""
+    f = findings.select(["finding", "observation"]).to_pydict()
+    return {
+        finding: obs
+        for finding, obs in zip(f["finding"], f["observation"], strict=True)
+        if obs in ALIGN_CLASSES
+    }
+
+
 @map_stage(
     "hardneg",
-    version=1,
-    inputs=("hardneg_candidates", "hardneg_readings"),
+    version=2,
+    inputs=("hardneg_candidates", "hardneg_readings", "findings"),
     outputs=("negation_pairs", "negated_reports", "cxr_align"),
     config=GateConfig,
     key="candidate_id",
     primary_output=("negation_pairs", "negated_reports"),
 )
 def hardneg(tables: Mapping[str, pa.Table], *, config: GateConfig) -> dict[str, pa.Table]:
-    """The candidates that read back as intended: sentence pairs, negated reports, CXR-Align rows."""
+    """The candidates that read back as intended: sentence pairs, negated reports, CXR-Align rows.
+
+    A benchmark negated report is a CXR-Align row only when its finding has a CheXpert class
+    (``findings.observation``, the lexicon's), which becomes ``chosen``; the others stay in
+    ``negated_reports`` only (their count: its benchmark rows less cxr_align's).
+    """
     observed = dict(
         zip(
             tables["hardneg_readings"].column("candidate_id").to_pylist(),
@@ -243,6 +264,7 @@ def hardneg(tables: Mapping[str, pa.Table], *, config: GateConfig) -> dict[str, 
             strict=True,
         )
     )
+    classes = chexpert_class_of(tables["findings"])
     pairs, negated, align, rejected = [], [], [], []
     for c in tables["hardneg_candidates"].to_pylist():
         cid = c["candidate_id"]
@@ -267,8 +289,8 @@ def hardneg(tables: Mapping[str, pa.Table], *, config: GateConfig) -> dict[str, 
             pairs.append(c)
         else:
             negated.append({**c, "denial": c["flipped"], "template": c["method"]})
-            if c["template_set"] == "benchmark":
-                align.append(c)
+            if c["template_set"] == "benchmark" and c["finding"] in classes:
+                align.append({**c, "chosen": classes[c["finding"]]})
     rejects = pa.table(
         {
             "stage": ["hardneg"] * len(rejected),

@@ -6,8 +6,11 @@
   unchanged." -> "The effusion is present."). A strip that leaves no sentence keeps the original.
 * ``omitted``: the cleaned report without the sentences that mention the finding.
 * ``negated``: the omitted report plus one denial sentence from a template ("No {finding} is
-  seen."), placed first, in the middle or last. Template and place are drawn from a hash of the
-  seed, the report and the finding, so a run is deterministic and needs no random state.
+  seen."), placed as CXR-Align places it (:func:`locations`): ``first``, ``middle`` (strictly
+  inside: a sentence before it and one after), ``last``, or ``add`` when nothing else of the report
+  is left (the negated report is the denial alone, the omitted report empty). Template and place
+  are drawn from a hash of the seed, the report and the finding, so a run is deterministic and
+  needs no random state.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Sequence
 
 from pipeline.hardneg.rewrite import _plural, load_rules, tidy
 
-LOCATIONS = ("first", "middle", "last")
+LOCATIONS = ("first", "middle", "last", "add")
 
 
 def draw(seed: int, *parts: str, n: int) -> int:
@@ -74,9 +77,30 @@ def site_phrase(finding: str, phrase: str, modifiers: Sequence[dict] | None) -> 
     return phrase
 
 
+def locations(n: int) -> tuple[str, ...]:
+    """The places a denial can take among ``n`` remaining sentences: ``add`` alone when none is
+    left; ``first`` or ``last`` beside one (a middle there would be first or last); ``first``,
+    ``middle`` or ``last`` beside two or more."""
+    if n == 0:
+        return ("add",)
+    if n == 1:
+        return ("first", "last")
+    return ("first", "middle", "last")
+
+
 def place(sentences: Sequence[str], sentence: str, location: str) -> list[str]:
-    """``sentences`` with ``sentence`` inserted first, in the middle, or last."""
+    """``sentences`` with ``sentence`` inserted at ``location`` (``middle``: after the first half,
+    never first or last; ``add``: ``sentence`` alone).
+
+    Raises ValueError when ``location`` is not one of :func:`locations` for ``len(sentences)``.
+    """
     out = list(sentences)
-    at = {"first": 0, "middle": len(out) // 2, "last": len(out)}[location]
+    allowed = locations(len(out))
+    if location not in allowed:
+        raise ValueError(
+            f"a denial beside {len(out)} sentence(s) goes {' or '.join(allowed)}, not {location!r}"
+        )
+    # middle: len // 2 lies in [1, len - 1] once len >= 2, so a sentence is on each side
+    at = {"first": 0, "middle": len(out) // 2, "last": len(out), "add": 0}[location]
     out.insert(at, sentence)
     return out

@@ -434,11 +434,17 @@ def align_items_from_table(table: pa.Table, test: TestSet) -> AlignItems:
     return items
 
 
-def read_published_align(path: str | Path) -> dict[str, dict[str, Any]]:
-    """A CXR-Align JSON file in the published shape: ``{dataset: {dicom_id: {report, chosen,
-    negation, omitted, location}}}``; returns ``{dicom_id: row}`` over every dataset key.
+ALIGN_KEYS = ("report", "chosen", "negation", "omitted", "location")
 
-    Raises ValueError naming the first entry that is not of that shape.
+
+def read_published_align(path: str | Path) -> dict[str, dict[str, Any]]:
+    """A CXR-Align JSON file in the published shape: ``{dataset: {id: {report, chosen, negation,
+    omitted, location}}}``, every value a string (``id``: MIMIC's dicom_id; a report id in a file
+    ``python -m pipeline.hardneg export`` wrote for a dump without images; other keys of an item
+    are kept). Returns ``{id: item}`` over every dataset key, each item with its ``dataset``.
+
+    Raises ValueError naming the first entry that is not of that shape, or an id under two
+    dataset keys.
     """
     path = Path(path)
     try:
@@ -454,11 +460,18 @@ def read_published_align(path: str | Path) -> dict[str, dict[str, Any]]:
                 f"cxr_align_json={path}: {key!r} holds {type(items).__name__}, not {{dicom_id: item}}"
             )
         for dicom_id, item in items.items():
-            missing = [
-                k for k in ("report", "negation", "omitted") if not isinstance((item or {}).get(k), str)
-            ]
+            if not isinstance(item, dict):
+                raise ValueError(f"cxr_align_json={path}: {key}/{dicom_id} is not an object")
+            missing = [k for k in ALIGN_KEYS if not isinstance(item.get(k), str)]
             if missing:
-                raise ValueError(f"cxr_align_json={path}: {key}/{dicom_id} lacks {', '.join(missing)}")
+                raise ValueError(
+                    f"cxr_align_json={path}: {key}/{dicom_id} lacks {', '.join(missing)} (strings)"
+                )
+            if str(dicom_id) in rows:
+                raise ValueError(
+                    f"cxr_align_json={path}: {dicom_id} is under both "
+                    f"{rows[str(dicom_id)]['dataset']!r} and {key!r}"
+                )
             rows[str(dicom_id)] = {**item, "dataset": key}
     return rows
 
