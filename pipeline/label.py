@@ -75,6 +75,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.core.errors import PipelineError, did_you_mean
+from pipeline.core.schemas import chexpert_observations
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -84,23 +85,9 @@ log = logging.getLogger(__name__)
 
 REPORTS = "Reports"
 REPORT_IMPRESSION = "Report Impression"
-# The CheXpert labeler's column order (constants.CATEGORIES; its labeled_reports.csv).
-LABELER_OBSERVATIONS: tuple[str, ...] = (
-    "No Finding",
-    "Enlarged Cardiomediastinum",
-    "Cardiomegaly",
-    "Lung Lesion",
-    "Lung Opacity",
-    "Edema",
-    "Consolidation",
-    "Pneumonia",
-    "Atelectasis",
-    "Pneumothorax",
-    "Pleural Effusion",
-    "Pleural Other",
-    "Fracture",
-    "Support Devices",
-)
+# The CheXpert labeler's column order (constants.CATEGORIES; its labeled_reports.csv) is the order
+# of schemas/labels.yaml: the test against the labeler's own file checks it.
+LABELER_OBSERVATIONS: tuple[str, ...] = chexpert_observations()
 # CheXbert's (src/constants.py CONDITIONS): its labeled_reports.csv puts these after Report Impression.
 CHEXBERT_OBSERVATIONS: tuple[str, ...] = (
     "Enlarged Cardiomediastinum",
