@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -20,14 +19,15 @@ def free_port() -> int:
 
 
 def start_scheduler() -> tuple[str, subprocess.Popen]:
-    """A scheduler on a free loopback port; returns (address, process) once it had a moment to bind."""
+    """A scheduler on a free loopback port; returns (address, process) at once. Workers and
+    clients started on the address retry their connection until the scheduler listens (their
+    connect timeouts), so the scheduler's start-up overlaps theirs."""
     port = free_port()
     proc = subprocess.Popen(
         [DASK, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    time.sleep(1.0)
     return f"tcp://127.0.0.1:{port}", proc
 
 

@@ -1,8 +1,10 @@
 """Run under ``torchrun --nproc_per_node=2``: one DDP training step on each rank's half of a batch,
 compared on rank 0 with one process on the whole batch (same model, same weights).
 
-Usage: ``torchrun --standalone --nproc_per_node=2 tests/ddp_check.py SHARDS TOKENIZER OUT.json PRESET LOCAL``.
-Writes {"ddp_loss", "single_loss", "max_grad_diff", "max_grad", "params"} to OUT.json (rank 0).
+Usage: ``torchrun --standalone --nproc_per_node=2 tests/ddp_check.py SHARDS TOKENIZER OUT.json PRESET LOCALS``,
+LOCALS the ``loss.local_loss`` settings to check, comma-separated (``0,1``: both, one after the other
+in the same process group, each from fresh models). Writes {LOCAL: {"ddp_loss", "single_loss",
+"max_grad_diff", "max_grad", "params", "n_params", "negatives", "local_loss"}} to OUT.json (rank 0).
 BatchNorm runs on running statistics and dropout is off, the two things that make a per-rank
 forward differ from a whole-batch one by design.
 """
@@ -80,10 +82,9 @@ def rows(batch: dict, keep: slice) -> dict:
     return out
 
 
-def main() -> None:
-    shards, tokenizer_dir, out_path, preset, local = sys.argv[1:6]
-    dist = setup("cpu")
-    c = config(preset, local == "1")
+def check(shards: str, tokenizer_dir: str, preset: str, local: bool, dist: Dist) -> dict | None:
+    """One DDP step against one process on the whole batch; the figures on rank 0, else None."""
+    c = config(preset, local)
     text, tokenizer = build_text_tower(c.model.text, tokenizer_dir=Path(tokenizer_dir), texts=None)
     torch.manual_seed(0)
     model = CLIPModel(c.model, text=text, concepts=64, channels=3)
@@ -104,26 +105,34 @@ def main() -> None:
     result = train_loss.compute(ddp(half, graph=True), half, c.loss, dist)
     result.loss.backward()
     grads = {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+    if dist.rank != 0:
+        return None
+    reference.train()
+    single = train_loss.compute(reference(full, graph=True), full, replace(c.loss), Dist())
+    single.loss.backward()
+    ref = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
+    diff = max(float((grads[n] - ref[n]).abs().max()) for n in ref)
+    scale = max(float(ref[n].abs().max()) for n in ref)
+    return {
+        "ddp_loss": result.terms["loss"],
+        "single_loss": single.terms["loss"],
+        "max_grad_diff": diff,
+        "max_grad": scale,
+        "params": sorted(ref) == sorted(grads),
+        "n_params": len(ref),
+        "negatives": result.negatives,
+        "local_loss": c.loss.local_loss,
+    }
+
+
+def main() -> None:
+    shards, tokenizer_dir, out_path, preset, locals_ = sys.argv[1:6]
+    dist = setup("cpu")
+    results = {}
+    for local in locals_.split(","):
+        results[local] = check(shards, tokenizer_dir, preset, local == "1", dist)
     if dist.rank == 0:
-        reference.train()
-        single = train_loss.compute(reference(full, graph=True), full, replace(c.loss), Dist())
-        single.loss.backward()
-        ref = {n: p.grad for n, p in reference.named_parameters() if p.grad is not None}
-        diff = max(float((grads[n] - ref[n]).abs().max()) for n in ref)
-        scale = max(float(ref[n].abs().max()) for n in ref)
-        Path(out_path).write_text(
-            json.dumps(
-                {
-                    "ddp_loss": result.terms["loss"],
-                    "single_loss": single.terms["loss"],
-                    "max_grad_diff": diff,
-                    "max_grad": scale,
-                    "params": sorted(ref) == sorted(grads),
-                    "n_params": len(ref),
-                    "negatives": result.negatives,
-                }
-            )
-        )
+        Path(out_path).write_text(json.dumps(results))
     teardown(dist)
 
 

@@ -4,10 +4,12 @@ skips undecodable samples."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,19 +44,65 @@ TINY = [
 ]
 
 
-def train_cli(*args: str, check: bool = True, nproc: int = 0) -> subprocess.CompletedProcess:
+def start_cli(*args: str, nproc: int = 0) -> subprocess.Popen:
+    """``python -m pipeline.train ARGS`` (under torchrun with ``nproc``), started and not waited for."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
     launcher = (
         [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
         if nproc
         else [sys.executable]
     )
-    proc = subprocess.run(
-        [*launcher, "-m", "pipeline.train", *args], capture_output=True, text=True, env=env, timeout=600
+    return subprocess.Popen(
+        [*launcher, "-m", "pipeline.train", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr[-4000:]}")
-    return proc
+
+
+def finish_cli(proc: subprocess.Popen, check: bool = True) -> subprocess.CompletedProcess:
+    try:
+        stdout, stderr = proc.communicate(timeout=600)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+    if check and done.returncode != 0:
+        raise AssertionError(f"exit {done.returncode}\n{done.stdout}\n{done.stderr[-4000:]}")
+    return done
+
+
+def train_cli(*args: str, check: bool = True, nproc: int = 0) -> subprocess.CompletedProcess:
+    return finish_cli(start_cli(*args, nproc=nproc), check=check)
+
+
+@contextlib.contextmanager
+def cli_alongside(*args: str) -> Iterator[subprocess.Popen]:
+    """A trainer command that runs while the block does (a second core), waited for and checked
+    at the block's end; killed when the block fails."""
+    proc = start_cli(*args)
+    try:
+        yield proc
+    except BaseException:
+        proc.kill()
+        proc.communicate()
+        raise
+    finish_cli(proc)
+
+
+def train_here(*overrides: str) -> dict:
+    """The trainer in this process (no CLI start-up), for the tests that are not about the CLI."""
+    from pipeline.train.config import TrainConfig, apply_overrides
+    from pipeline.train.loop import train
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the CLI runs here (OMP_NUM_THREADS=1): no threads fighting for 2 cores
+    try:
+        return train(apply_overrides(TrainConfig(), list(overrides)))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def metrics(out: Path) -> list[dict]:
@@ -71,7 +119,7 @@ def synthetic(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_tiny_model_learns_on_the_demo_shards(demo_run: Path, tmp_path: Path) -> None:
     out = tmp_path / "train"
-    train_cli(f"out={out}", f"data.shards={demo_run / 'shards'}", "epochs=8", "preset=full", *TINY)
+    train_here(f"out={out}", f"data.shards={demo_run / 'shards'}", "epochs=8", "preset=full", *TINY)
     lines = metrics(out)
     assert [m["step"] for m in lines] == list(range(1, len(lines) + 1))
     losses = np.array([m["loss"] for m in lines])
@@ -98,18 +146,20 @@ def test_tiny_model_learns_on_the_demo_shards(demo_run: Path, tmp_path: Path) ->
 
 @pytest.mark.slow
 def test_a_stopped_run_resumes_bit_for_bit(synthetic: Path, tmp_path: Path) -> None:
-    common = [f"data.shards={synthetic}", "epochs=3", "deterministic=true", "checkpoint_every=4", *TINY]
+    # Two epochs of 12 steps: the resumed run crosses an epoch end.
+    common = [f"data.shards={synthetic}", "epochs=2", "deterministic=true", "checkpoint_every=4", *TINY]
     whole, parts = tmp_path / "whole", tmp_path / "parts"
-    train_cli(f"out={whole}", *common)
-    # Stopped mid-epoch at step 5 (one step after a periodic checkpoint), then at step 9.
-    train_cli(f"out={parts}", "stop_after=5", *common)
-    stopped = json.loads((parts / "summary.json").read_text())
-    assert not stopped["complete"] and stopped["steps"] == 5
-    train_cli(f"out={parts}", "stop_after=4", *common)
-    train_cli(f"out={parts}", *common)
+    # The uninterrupted run is a process of its own either way: it runs beside the stopped ones.
+    with cli_alongside(f"out={whole}", *common):
+        # Stopped mid-epoch at step 5 (one step after a periodic checkpoint), then at step 9.
+        train_cli(f"out={parts}", "stop_after=5", *common)
+        stopped = json.loads((parts / "summary.json").read_text())
+        assert not stopped["complete"] and stopped["steps"] == 5
+        train_cli(f"out={parts}", "stop_after=4", *common)
+        train_cli(f"out={parts}", *common)
     a = ckpt.load(whole / json.loads((whole / "summary.json").read_text())["final"])
     b = ckpt.load(parts / json.loads((parts / "summary.json").read_text())["final"])
-    assert a["step"] == b["step"]
+    assert a["step"] == b["step"] > 12
     assert a["model"].keys() == b["model"].keys()
     for key in a["model"]:
         assert torch.equal(a["model"][key], b["model"][key]), key
@@ -123,59 +173,57 @@ def test_a_stopped_run_resumes_bit_for_bit(synthetic: Path, tmp_path: Path) -> N
 def test_resume_refuses_a_run_of_another_config(synthetic: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     common = [f"out={out}", f"data.shards={synthetic}", "max_steps=1", *TINY]
-    train_cli(*common)
-    proc = train_cli(*common, "seed=7", check=False)
+    train_here(*common)
+    proc = train_cli(*common, "seed=7", check=False)  # the refusal is the CLI's: exit 2, a message
     assert proc.returncode == 2 and "another config" in proc.stderr
-    train_cli(*common, "seed=7", "resume=none")  # explicitly over it
+    assert train_here(*common, "seed=7", "resume=none")["complete"]  # explicitly over it
 
 
 @pytest.mark.slow
 def test_every_preset_builds_and_takes_a_step(synthetic: Path, tmp_path: Path) -> None:
-    from pipeline.train.config import TrainConfig, apply_overrides
-    from pipeline.train.loop import train
-
     for preset in PRESETS:
-        config = apply_overrides(
-            TrainConfig(),
-            [
-                f"out={tmp_path / preset}",
-                f"data.shards={synthetic}",
-                f"preset={preset}",
-                "max_steps=1",
-                *TINY,
-            ],
+        summary = train_here(
+            f"out={tmp_path / preset}", f"data.shards={synthetic}", f"preset={preset}", "max_steps=1", *TINY
         )
-        summary = train(config)
         assert summary["complete"] and summary["steps"] == 1, preset
         line = metrics(tmp_path / preset)[0]
         assert np.isfinite(line["loss"])
         assert (line["loss_graph_image"] is not None) == (PRESETS[preset]["lambda_g"] > 0), preset
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("local", [0, 1])
-def test_two_process_ddp_matches_one_process(synthetic: Path, tmp_path: Path, local: int) -> None:
+@pytest.fixture(scope="module")
+def ddp_results(synthetic: Path, tmp_path_factory) -> dict[int, dict]:
+    """tests/ddp_check.py under torchrun (2 processes, gloo), once for both loss.local_loss
+    settings: each setting's comparison of a DDP step with one process on the whole batch."""
     from pipeline.train.config import TrainConfig, apply_overrides, resolve
     from pipeline.train.data import ShardIndex
     from pipeline.train.loop import split_texts
     from pipeline.train.model import build_text_tower
 
-    tok = tmp_path / "tokenizer"
+    tmp = tmp_path_factory.mktemp("ddp")
+    tok = tmp / "tokenizer"
     config = resolve(apply_overrides(TrainConfig(), ["model.text.path=tiny", "model.text.tiny_vocab=500"]))
     build_text_tower(
         config.model.text, tokenizer_dir=tok, texts=split_texts(ShardIndex.load(synthetic / "train"))
     )
-    result = tmp_path / "ddp.json"
+    result = tmp / "ddp.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
     proc = subprocess.run(
         [
             sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-            str(REPO / "tests" / "ddp_check.py"), str(synthetic / "train"), str(tok), str(result), "full", str(local),
+            str(REPO / "tests" / "ddp_check.py"), str(synthetic / "train"), str(tok), str(result), "full", "0,1",
         ],
         capture_output=True, text=True, env=env, timeout=300,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-4000:]
-    got = json.loads(result.read_text())
+    return {int(local): got for local, got in json.loads(result.read_text()).items()}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("local", [0, 1])
+def test_two_process_ddp_matches_one_process(ddp_results: dict[int, dict], local: int) -> None:
+    got = ddp_results[local]
+    assert got["local_loss"] is bool(local)
     assert got["params"] and got["n_params"] > 20
     assert got["negatives"] > 0
     assert got["ddp_loss"] == pytest.approx(got["single_loss"], rel=1e-5, abs=1e-6)
@@ -229,7 +277,7 @@ def test_an_undecodable_image_is_skipped_and_counted(tmp_path: Path) -> None:
     t = t.set_column(t.schema.get_field_index("image"), field, pa.array(images, pa.binary()))
     pq.write_table(t, first, row_group_size=16)
     out = tmp_path / "run"
-    train_cli(f"out={out}", f"data.shards={shards}", "epochs=2", "max_bad_samples=0.05", *TINY)
+    train_here(f"out={out}", f"data.shards={shards}", "epochs=2", "max_bad_samples=0.05", *TINY)
     summary = json.loads((out / "summary.json").read_text())
     # The trainer drops each epoch's incomplete last batch: count the epochs that read sample 3.
     reader = ReaderConfig(batch_size=16, remainder="drop", augment=AugmentConfig(resolution=48))
@@ -254,7 +302,7 @@ def test_the_trainer_and_evaluation_import_no_pipeline_core_spacy_dask_or_hydra(
 
 def test_gradient_accumulation_steps_once_per_accum_micro_batches(synthetic: Path, tmp_path: Path) -> None:
     out = tmp_path / "accum"
-    train_cli(f"out={out}", f"data.shards={synthetic}", "optim.accum_steps=2", "max_steps=2", *TINY)
+    train_here(f"out={out}", f"data.shards={synthetic}", "optim.accum_steps=2", "max_steps=2", *TINY)
     lines = metrics(out)
     assert [m["step"] for m in lines] == [1, 2]
     assert all(m["batch_size"] == 2 * 16 for m in lines)  # two micro-batches of 16 per step

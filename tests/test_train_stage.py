@@ -273,6 +273,7 @@ def test_dag_train_runs_then_skips(run_copy: Path, demo_run: Path, dask_client):
         f"dataset.root={demo_run.parent / 'dump'}",
         "dataset.n_reports=160",
         f"out={run_copy}",
+        "stages.evaluate.bootstrap=50",  # the DAG's evaluate runs too; its intervals are not checked here
         *TINY,
     ]
     cfg = compose_run(["dag=train", *overrides])
