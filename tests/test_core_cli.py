@@ -98,7 +98,13 @@ def test_unreachable_scheduler_is_a_clear_error(tmp_path, toy_dag, capsys):
     port = free_port()
     assert (
         main(
-            [f"dag={toy_dag}", f"out={tmp_path}", f"cluster.address=tcp://127.0.0.1:{port}", "progress=false"]
+            [
+                f"dag={toy_dag}",
+                f"out={tmp_path}",
+                f"cluster.address=tcp://127.0.0.1:{port}",
+                "cluster.connect_timeout=2s",  # the default (20s) retries for that long
+                "progress=false",
+            ]
         )
         == 2
     )

@@ -47,6 +47,8 @@ class ClusterConfig:
     threads_per_worker: int = 1  # spaCy and pyarrow work is per process; threads only contend
     memory_limit: str = "auto"  # per worker, Dask syntax ("4GiB"); "auto" splits the machine
     dashboard: bool = False
+    # how long to keep retrying a scheduler at ``address`` that does not answer (Dask syntax)
+    connect_timeout: str = "20s"
 
 
 @dataclass
@@ -87,7 +89,7 @@ def dask_client(cluster: ClusterConfig) -> Iterator[Client]:
     """A client on ``cluster.address`` or on a fresh LocalCluster of worker processes."""
     if cluster.address:
         try:
-            client = Client(cluster.address, timeout="20s")
+            client = Client(cluster.address, timeout=cluster.connect_timeout)
         except OSError as exc:
             raise PipelineError(
                 "E_CLUSTER",
