@@ -431,10 +431,11 @@ def label_on_cluster(
     from pipeline.core.config import compose_run
     from pipeline.core.dag import build_dag
     from pipeline.core.io import read_dataset
+    from pipeline.core.registry import auto_part_size
     from pipeline.core.runner import Runner, dask_client
     from pipeline.run import RichProgress
 
-    part_size = min(2_000, max(100, math.ceil(len(texts) / (4 * max(workers, 1)))))
+    part_size = auto_part_size(len(texts), workers)
     blank: Labels = dict.fromkeys(LABELER_OBSERVATIONS)
     labels: list[Labels] = [blank] * len(texts)
     with tempfile.TemporaryDirectory(prefix="clip2clinic-label-") as tmp:

@@ -8,7 +8,9 @@ Two kinds of stage:
   they all descend from one ingest partition.
 * ``source`` stages read a dump: ``plan(config, ctx)`` runs on the client and returns picklable
   part specs (cheap: file lists, row ranges); ``read(spec, config)`` runs on a worker and returns a
-  :class:`PartResult`.
+  :class:`PartResult`. Each part has its own fingerprint (from the spec's ``part_key()``), and a
+  map stage's part follows the fingerprints of its input parts, so an edit reruns only the parts
+  that hold it (corpus stages follow the whole dataset).
 * ``corpus`` stages need the whole corpus (top-k neighbours, corpus graphs): ``fn(ctx, *, config)``
   runs on the client, schedules its own Dask work through ``ctx`` and writes through ``ctx``.
 
@@ -52,12 +54,37 @@ Tables = Mapping[str, pa.Table]
 CONTENT = "content"
 
 
+# Chosen part sizes: enough parts to keep every worker busy to the end (several each), each big
+# enough that a part's fixed costs (scheduling, Parquet open and commit, marker) stay small.
+PARTS_PER_WORKER = 4
+AUTO_PART_MIN = 100
+AUTO_PART_MAX = 2000
+
+
+def auto_part_size(n_rows: int, workers: int) -> int:
+    """Rows per part for ``n_rows`` rows on ``workers`` worker threads (no part size configured)."""
+    want = -(-max(n_rows, 1) // (PARTS_PER_WORKER * max(workers, 1)))
+    return min(AUTO_PART_MAX, max(AUTO_PART_MIN, want))
+
+
 @dataclass(frozen=True)
 class PlanContext:
-    """What a source stage's ``plan`` may use: a private folder for staging files, the part size."""
+    """What a source stage's ``plan`` may use: a private folder for staging files, the part size.
+
+    ``part_size`` is the configured size, or None to choose one from the input size and the
+    cluster's ``workers``: adapters call :meth:`part_size_for` once they know (or estimate) their
+    row count.
+    """
 
     staging_dir: str
-    part_size: int
+    part_size: int | None = None
+    workers: int = 2
+
+    def part_size_for(self, n_rows: int | Callable[[], int]) -> int:
+        """The part size; ``n_rows`` may be a function, called only when the size is not set."""
+        if self.part_size is not None:
+            return self.part_size
+        return auto_part_size(n_rows() if callable(n_rows) else n_rows, self.workers)
 
 
 @dataclass
@@ -83,6 +110,9 @@ class Stage:
     fn: Callable[..., Any] | None = None
     plan: Callable[..., list[Any]] | None = None
     read: Callable[..., PartResult] | None = None
+    # source stages: ``stamp(config)`` is a cheap digest of the whole input (a file's bytes), or
+    # None when only a listing can tell (a tree); an unchanged stamp skips the plan altogether.
+    stamp: Callable[..., str | None] | None = None
     key: str = "report_id"
     # the output(s) whose ``key`` values, with the rejects, must cover the primary input's
     primary_output: str | tuple[str, ...] | None = None
@@ -183,8 +213,14 @@ def source_stage(
     read: Callable[..., PartResult],
     optional_outputs: tuple[str, ...] = (),
     description: str = "",
+    stamp: Callable[..., str | None] | None = None,
 ) -> None:
-    """Register a stage that reads a dump (no input datasets)."""
+    """Register a stage that reads a dump (no input datasets).
+
+    Each part spec ``plan`` returns may have a ``part_key()`` method: a digest of what the part
+    reads (its rows' content), so that a rerun redoes only the parts whose input changed. Without
+    one, the spec's ``repr`` is its key.
+    """
     _check_config(config)
     _add(
         Stage(
@@ -196,6 +232,7 @@ def source_stage(
             config,
             plan=plan,
             read=read,
+            stamp=stamp,
             primary_output=outputs[0],
             optional_outputs=optional_outputs,
             description=description,

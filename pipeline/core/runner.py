@@ -8,7 +8,6 @@ its part marker, and returns a small summary.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import os
@@ -16,39 +15,26 @@ import posixpath
 import time
 import traceback
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
-import dask
 import pyarrow as pa
 import pyarrow.compute as pc
-from distributed import Client, LocalCluster, as_completed
+from distributed import Client, as_completed
 
+from pipeline.core.cluster import ClusterConfig, dask_client  # noqa: F401 - re-exported
 from pipeline.core.dag import Dag
 from pipeline.core.errors import REJECT_REASONS, PipelineError
-from pipeline.core.io import REJECTS, Store, package_versions, stable_hash
+from pipeline.core.io import REJECTS, STATE_DIR, Store, package_versions, stable_hash
 from pipeline.core.registry import CONTENT, PartResult, PlanContext, Stage, get_stage
 from pipeline.core.schemas import empty, load_schema
 
 log = logging.getLogger(__name__)
 
 PIPELINE_ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """Where the work runs. ``address`` (tcp://host:8786) uses an existing scheduler."""
-
-    address: str | None = None
-    n_workers: int = 2
-    threads_per_worker: int = 1  # spaCy and pyarrow work is per process; threads only contend
-    memory_limit: str = "auto"  # per worker, Dask syntax ("4GiB"); "auto" splits the machine
-    dashboard: bool = False
-    # how long to keep retrying a scheduler at ``address`` that does not answer (Dask syntax)
-    connect_timeout: str = "20s"
 
 
 @dataclass
@@ -82,43 +68,6 @@ class NullProgress:
 
     def finish(self, stage: str) -> None:
         pass
-
-
-@contextlib.contextmanager
-def dask_client(cluster: ClusterConfig) -> Iterator[Client]:
-    """A client on ``cluster.address`` or on a fresh LocalCluster of worker processes."""
-    if cluster.address:
-        try:
-            client = Client(cluster.address, timeout=cluster.connect_timeout)
-        except OSError as exc:
-            raise PipelineError(
-                "E_CLUSTER",
-                f"cannot reach the Dask scheduler at {cluster.address}: {exc}. "
-                "Start one (`dask scheduler`) or drop cluster.address to use a local cluster.",
-            ) from exc
-        with client:
-            yield client
-        return
-    # Dask lowers glibc's trim threshold in workers, which makes every large numpy temporary a
-    # fresh mmap; a 64 MiB mmap threshold keeps block-wise matrix work at plain-process speed.
-    environ = {
-        **dask.config.get("distributed.nanny.pre-spawn-environ", {}),
-        "MALLOC_MMAP_THRESHOLD_": 67108864,
-    }
-    with dask.config.set({"distributed.nanny.pre-spawn-environ": environ}):
-        local = LocalCluster(
-            n_workers=cluster.n_workers,
-            threads_per_worker=cluster.threads_per_worker,
-            processes=True,
-            memory_limit=cluster.memory_limit,
-            # The scheduler's HTTP server starts even without a dashboard: a random port avoids
-            # clashing with another cluster on 8787.
-            dashboard_address=":0",
-            scheduler_kwargs={"dashboard": cluster.dashboard},
-            silence_logs=logging.ERROR,
-        )
-    with local, Client(local) as client:
-        yield client
 
 
 # -- fingerprints --------------------------------------------------------------------------------
@@ -324,13 +273,31 @@ class Runner:
     """Runs stages and DAGs into one output folder on one Dask client."""
 
     def __init__(
-        self, out: str, client: Client, *, progress: Progress | None = None, force: bool = False
+        self,
+        out: str,
+        client: Client | Callable[[], Client],
+        *,
+        progress: Progress | None = None,
+        force: bool = False,
+        workers: int | None = None,
     ) -> None:
+        """``client`` may be a function that starts one: a run whose stages are all up to date
+        then never starts a cluster. ``workers`` (threads in all) sizes parts without asking it."""
         self.store = Store(out)
         self.out = out
-        self.client = client
+        self._client = client
+        self._workers = workers
         self.progress = progress or NullProgress()
         self.force = force
+
+    def get_client(self) -> Client:
+        if not isinstance(self._client, Client):
+            self._client = self._client()
+        return self._client
+
+    @property
+    def client(self) -> Client:
+        return self.get_client()
 
     def run_dag(self, dag: Dag, configs: Mapping[str, Any]) -> list[StageReport]:
         """Run every stage of ``dag`` in order; ``configs`` maps stage name to its config."""
@@ -362,6 +329,7 @@ class Runner:
         return tuple(present)
 
     def fingerprint(self, stage: Stage, config: Any, extra: str = "") -> str:
+        """The stage's fingerprint over its whole input (corpus stages use it for every part)."""
         return stable_hash(
             {
                 "stage": stage.id,
@@ -372,6 +340,29 @@ class Runner:
                 "extra": extra,
             }
         )[:24]
+
+    def _base(self, stage: Stage, config: Any) -> str:
+        """What every part of a source or map stage shares: stage, config, content files, code."""
+        return stable_hash(
+            {
+                "stage": stage.id,
+                "config": _config_dict(config),
+                "files": content_digest(config),
+                "code": code_version(stage),
+            }
+        )[:24]
+
+    def _input_part_keys(self, stage: Stage, n_parts: int) -> list[list[str]]:
+        """Per part, the fingerprints of that part of every input (a dataset written before part
+        fingerprints existed, or by a corpus stage, gives its whole fingerprint for each part)."""
+        self.upstream_fingerprints(stage)  # raises E_INPUT_MISSING naming what to run
+        keys: list[list[str]] = [[] for _ in range(n_parts)]
+        for dataset in (*stage.inputs, *self.present_optional_inputs(stage)):
+            manifest = self.store.read_json(self.store.manifest_path(dataset))
+            by_part = manifest.get("part_fingerprints") or {}
+            for index in range(n_parts):
+                keys[index].append(f"{dataset}:{by_part.get(str(index), manifest['fingerprint'])}")
+        return keys
 
     def _up_to_date(self, stage: Stage, fingerprint: str) -> dict[str, Any] | None:
         if self.force:
@@ -399,29 +390,54 @@ class Runner:
         started = time.perf_counter()
         if stage.kind == "corpus":
             return self._run_corpus(stage, config, started)
-        specs: list[Any] | None = None
-        extra = ""
+        base = self._base(stage, config)
+        specs: list[Any] = []
+        stamp = None
         if stage.kind == "source":
             assert stage.plan is not None
+            stamp = stage.stamp(config) if stage.stamp is not None else None
+            record = self._stamped(stage, base, stamp)
+            if record is not None:  # the same bytes as last time: no need to read them again
+                return _skipped(stage, record, record["fingerprint"])
+            self._remove_staging(stage)  # of an earlier run that stopped (the run folder is ours)
+            staging = self.store.path(STATE_DIR, stage.name, f"staging-{uuid.uuid4().hex[:8]}")
+            size = getattr(config, "part_size", None)
             ctx = PlanContext(
-                staging_dir=self.store.url_of(self.store.path("_state", stage.name, "staging")),
-                part_size=int(getattr(config, "part_size", 2000)),
+                staging_dir=self.store.url_of(staging),
+                part_size=None if size is None else int(size),
+                workers=self.workers(),
             )
             specs = stage.plan(config, ctx)
-            extra = stable_hash(repr(specs))
+            if not specs:
+                self._remove_staging(stage)
+                raise PipelineError(
+                    "E_DUMP_EMPTY",
+                    f"stage {stage.name!r} found no rows to read in its input: point it at a dump "
+                    "with at least one row (check dataset.path / dataset.root).",
+                )
             n_parts = len(specs)
+            part_keys = [[spec.part_key() if hasattr(spec, "part_key") else repr(spec)] for spec in specs]
         else:
             n_parts = len(self.store.part_indices(stage.inputs[0]))
-        fingerprint = self.fingerprint(stage, config, extra)
+            part_keys = self._input_part_keys(stage, n_parts)
+        part_fps = [stable_hash([base, index, key])[:24] for index, key in enumerate(part_keys)]
+        fingerprint = stable_hash([base, part_fps])[:24]
         record = self._up_to_date(stage, fingerprint)
         if record is not None:
+            self._remove_staging(stage)
+            if stamp is not None and record.get("stamp") != stamp:  # touched, equal rows: note the bytes
+                self.store.write_json(self.store.stage_record_path(stage.name), {**record, "stamp": stamp})
             return _skipped(stage, record, fingerprint)
         self._invalidate(stage)
         markers: dict[int, dict[str, Any]] = {}
         todo = []
         for index in range(n_parts):
             marker = None if self.force else self.store.read_json(self.store.marker_path(stage.name, index))
-            if marker and marker.get("fingerprint") == fingerprint:
+            if (
+                marker
+                and marker.get("fingerprint") == part_fps[index]
+                and self._has_files(stage, marker, index)
+            ):
                 markers[index] = marker
             else:
                 todo.append(index)
@@ -439,7 +455,7 @@ class Runner:
                     config,
                     index,
                     specs[index],
-                    fingerprint,
+                    part_fps[index],
                     key=f"{stage.name}-{run_token}-{index}",
                     pure=False,
                 )
@@ -450,7 +466,7 @@ class Runner:
                     stage.name,
                     config,
                     index,
-                    fingerprint,
+                    part_fps[index],
                     optional,
                     key=f"{stage.name}-{run_token}-{index}",
                     pure=False,
@@ -480,7 +496,44 @@ class Runner:
                 f"{len(failures)} of {n_parts} parts of {stage.name!r} failed; first (part {index}): "
                 f"{type(exc).__name__}: {exc}. Finished parts are kept: rerun the same command to resume.",
             ) from exc
-        return self._finalise(stage, fingerprint, markers, n_parts, started, done_before)
+        return self._finalise(
+            stage,
+            fingerprint,
+            markers,
+            n_parts,
+            started,
+            done_before,
+            part_fps=part_fps,
+            base=base,
+            stamp=stamp,
+        )
+
+    def _stamped(self, stage: Stage, base: str, stamp: str | None) -> dict[str, Any] | None:
+        """The completion record of a source stage whose input has ``stamp`` and ``base`` again."""
+        if stamp is None or self.force:
+            return None
+        record = self.store.read_json(self.store.stage_record_path(stage.name))
+        if not record or record.get("stamp") != stamp or record.get("base") != base:
+            return None
+        return self._up_to_date(stage, record["fingerprint"])
+
+    def _remove_staging(self, stage: Stage) -> None:
+        folder = self.store.path(STATE_DIR, stage.name)
+        if not self.store.fs.exists(folder):
+            return
+        for name in self.store.fs.ls(folder, detail=False):
+            if posixpath.basename(name.rstrip("/")).startswith("staging"):
+                self.store.fs.rm(name, recursive=True)
+
+    def _has_files(self, stage: Stage, marker: Mapping[str, Any], index: int) -> bool:
+        """A finished part's files are all there (one deleted by hand: redo the part)."""
+        return all(self.store.fs.exists(self.store.part_path(d, index)) for d in marker.get("rows", {}))
+
+    def workers(self) -> int:
+        """Worker threads of the cluster, for part sizes (a run with nothing to do asks nobody)."""
+        if self._workers is None:
+            self._workers = max(1, sum(self.get_client().nthreads().values()))
+        return self._workers
 
     def _finalise(
         self,
@@ -490,6 +543,10 @@ class Runner:
         n_parts: int,
         started: float,
         done_before: int = 0,
+        *,
+        part_fps: list[str] | None = None,
+        base: str | None = None,
+        stamp: str | None = None,
     ) -> StageReport:
         keep = range(n_parts)
         self._remove_stale_markers(stage, markers)
@@ -501,9 +558,7 @@ class Runner:
             else:
                 self.store.remove_parts_except(dataset, keep)
         self.store.remove_parts_except(REJECTS, keep, stage=stage.name)
-        staging = self.store.path("_state", stage.name, "staging")
-        if self.store.fs.exists(staging):
-            self.store.fs.rm(staging, recursive=True)
+        self._remove_staging(stage)
         seconds = time.perf_counter() - started
         datasets = {d: sum(m["rows"].get(d, 0) for m in markers.values()) for d in stage.outputs}
         rejected_by_dataset: dict[str, int] = {}
@@ -529,6 +584,8 @@ class Runner:
             },
             "stage_rows": {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rejected},
         }
+        if part_fps is not None:  # what a downstream part follows
+            common["part_fingerprints"] = {str(i): fp for i, fp in enumerate(part_fps) if i in markers}
         for dataset in stage.outputs:
             rows_in_d = sum(m.get("rows_in_by_dataset", {}).get(dataset, 0) for m in markers.values())
             manifest = {
@@ -552,6 +609,8 @@ class Runner:
                 "rejected": rejected,
                 "datasets": datasets,
                 "rejected_by_dataset": rejected_by_dataset,
+                "base": base,
+                "stamp": stamp,
             },
         )
         status = "resumed" if done_before else "ran"

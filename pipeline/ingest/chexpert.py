@@ -36,8 +36,8 @@ from pipeline.ingest.config import IngestConfig
 from pipeline.ingest.files import (
     Location,
     check_columns,
+    count_rows,
     csv_columns,
-    digest,
     iter_csv,
     list_names,
     read_staged,
@@ -204,7 +204,9 @@ def plan_plus(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
     sections = [c for c in PLUS_SECTIONS if c in names]
     optional = [c for c in PLUS_OPTIONAL if c in names]
     stager = _Stager(ctx, "cxp")
-    rows = _Rows(ctx.part_size, "path_to_image", "<split>/<patient>/<study>/<image>")
+    # Rows (images) bound the reports: a safe count for sizing the parts.
+    part_size = ctx.part_size_for(lambda: count_rows(loc, "path_to_image"))
+    rows = _Rows(part_size, "path_to_image", "<split>/<patient>/<study>/<image>")
     row = 0
     for batch in iter_csv(
         loc, ["path_to_image", "report", *sections, *optional], binary=["report", *sections]
@@ -239,7 +241,7 @@ def plan_plus(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
         stager.add(table, rows.parts)
         row += n
     log.info("chexpert_plus: %d rows, %d reports", row, rows.n_reports)
-    return stager.specs("chexpert_plus", posixpath.dirname(loc.url), digest(loc.signature()))
+    return stager.specs("chexpert_plus", posixpath.dirname(loc.url), "")
 
 
 def read_plus(spec: PartSpec, config: IngestConfig) -> PartResult:
@@ -378,13 +380,12 @@ def plan_v1(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
     """
     obs = list(observations())
     stager = _Stager(ctx, "cxv1")
-    rows = _Rows(ctx.part_size, "Path", ".../<patient>/<study>/<image>")
-    signatures = []
     files = _v1_files(config)
+    part_size = ctx.part_size_for(lambda: sum(count_rows(loc, "Path") for loc, _ in files))
+    rows = _Rows(part_size, "Path", ".../<patient>/<study>/<image>")
     for loc, split in files:
         names = csv_columns(loc)
         check_columns(names, ["Path", *obs], loc.url, "CheXpert v1.0 CSVs have Path and the 14 observations.")
-        signatures.append(loc.signature())
         optional = [c for c in V1_OPTIONAL if c in names]
         row = 0
         for batch in iter_csv(loc, ["Path", *optional, *obs]):
@@ -406,7 +407,7 @@ def plan_v1(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
             stager.add(table, rows.parts)
             row += n
     log.info("chexpert: %d studies", rows.n_reports)
-    return stager.specs("chexpert", posixpath.dirname(files[0][0].url), digest(*signatures))
+    return stager.specs("chexpert", posixpath.dirname(files[0][0].url), "")
 
 
 def read_v1(spec: PartSpec, config: IngestConfig) -> PartResult:

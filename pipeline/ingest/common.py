@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,7 +13,7 @@ import pyarrow as pa
 
 from pipeline.core.errors import reject_table
 from pipeline.core.schemas import conform, empty, load_schema
-from pipeline.ingest.files import write_staged
+from pipeline.ingest.files import read_staged, write_staged
 
 STAGE = "ingest"
 REPORTS, IMAGES, LABELS = "reports", "images_meta", "official_labels"
@@ -43,6 +44,29 @@ class PartSpec:
 
     def files(self, kind: str) -> tuple[str, ...]:
         return dict(self.staged).get(kind, ())
+
+    def part_key(self) -> str:
+        """A digest of what this part reads: its staged rows' content (not where they were
+        staged, nor how the dump's batches cut them) and how they are read.
+
+        A table's staged rows hold the report text, so an edit anywhere reruns the parts that hold
+        it; a tree's hold its listing and CSV rows.
+        """
+        h = hashlib.blake2b(digest_size=16)
+        h.update(
+            repr((self.adapter, self.index, self.root, self.reports_zip, self.sections, self.digest)).encode()
+        )
+        for kind, urls in self.staged:
+            h.update(kind.encode() + b"\x1f")
+            table = read_staged(urls)
+            if table is None:
+                continue
+            # One IPC stream of the combined table: the same rows give the same bytes.
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, table.schema) as writer:
+                writer.write_table(table.combine_chunks())
+            h.update(sink.getvalue())
+        return h.hexdigest()
 
 
 @functools.cache

@@ -32,6 +32,8 @@ class DatasetConfig:
 @dataclass(frozen=True)
 class IngestConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
-    part_size: int = 2000  # reports per partition; every downstream stage keeps these partitions
+    # reports per partition (every downstream stage keeps these partitions); None chooses from
+    # the input size and the cluster (registry.auto_part_size: 100 to 2,000, four parts a worker)
+    part_size: int | None = None
     max_chars: int = 100_000  # longer reports are rejected (too_long); MIMIC's longest is ~12k
     dicom_headers: bool = True  # read DICOM headers (no pixels) when the dump has DICOMs

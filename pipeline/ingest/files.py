@@ -168,6 +168,14 @@ def iter_csv(
             raise PipelineError("E_DUMP_COLUMNS", f"{loc.url} is not a readable CSV: {exc}") from exc
 
 
+def count_rows(loc: Location, column: str) -> int:
+    """Rows of a CSV (one column parsed) or of a Parquet file (its footer): sizes the parts."""
+    if loc.path.lower().endswith((".parquet", ".pq", ".parq")):
+        with loc.open("rb") as fh:
+            return int(pq.ParquetFile(fh).metadata.num_rows)
+    return sum(batch.num_rows for batch in iter_csv(loc, [column]))
+
+
 def read_csv(loc: Location, columns: Sequence[str]) -> pa.Table:
     """``columns`` of a (small) CSV as one table of strings."""
     types = {c: pa.string() for c in columns}

@@ -9,7 +9,6 @@ fetches and checks the part's reports and DICOM headers on a worker.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import zipfile
 from collections.abc import Sequence
@@ -34,7 +33,6 @@ from pipeline.ingest.files import (
     Location,
     check_columns,
     csv_columns,
-    digest,
     list_names,
     pick_file,
     read_csv,
@@ -194,18 +192,12 @@ def plan(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
             f"no report files under {root.url}/files (files/p10/p10000032/s50414267.txt) and no "
             f"{REPORTS_ZIP}: unpack the reports there, or set dataset.reports_zip=<path to {REPORTS_ZIP}>.",
         )
-    signatures = [root.join(n).signature() for n in names if n.endswith((".csv", ".csv.gz"))]
-    if zloc is not None:
-        signatures.append(zloc.signature())
-    dump = digest(
-        *signatures, str(config.dicom_headers), _hash_strings(files["member"]), _hash_strings(image_paths)
-    )
 
     meta_name = pick_file(names, METADATA)
     meta = _read_metadata(root.join(meta_name)) if meta_name else None
     reports = _report_rows(root, names, files, meta)
     del files
-    parts = np.arange(reports.num_rows, dtype=np.int64) // ctx.part_size
+    parts = np.arange(reports.num_rows, dtype=np.int64) // ctx.part_size_for(reports.num_rows)
     n_parts = int(parts[-1]) + 1
     # Images and labels follow the part of their study's kept report (or its missing_file row).
     keep = pc.fill_null(pc.not_equal(reports[REJECT], "duplicate_id"), True)
@@ -241,25 +233,9 @@ def plan(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
             staged=tuple((k, tuple(staged[k].get(p, ()))) for k in ("reports", "images", "labels")),
             root=root.url,
             reports_zip=zloc.url if zloc else None,
-            digest=dump,
         )
         for p in range(n_parts)
     ]
-
-
-def _hash_strings(values: pa.Array | pa.ChunkedArray) -> str:
-    """A digest of a listing from its Arrow buffers (no Python string per path)."""
-    h = hashlib.blake2b(digest_size=10)
-    chunks = values.chunks if isinstance(values, pa.ChunkedArray) else [values]
-    for chunk in chunks:
-        if chunk.offset:
-            chunk = pa.concat_arrays([chunk])  # a fresh copy whose buffers start at the first value
-        offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32, count=len(chunk) + 1)
-        h.update(offsets.tobytes())
-        data = chunk.buffers()[2]
-        if data is not None:
-            h.update(memoryview(data)[: int(offsets[-1])])
-    return h.hexdigest()
 
 
 def _repeated(values: pa.Array | pa.ChunkedArray) -> list[str]:

@@ -8,6 +8,7 @@ staging folder. ``read`` runs on a worker and turns one :class:`PartSpec` into c
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 
 from pipeline.core.errors import PipelineError, did_you_mean
@@ -15,6 +16,7 @@ from pipeline.core.registry import PartResult, PlanContext, source_stage
 from pipeline.ingest import chexpert, mimic, mimic_read, table
 from pipeline.ingest.common import PartSpec
 from pipeline.ingest.config import DATASET_KINDS, IngestConfig
+from pipeline.ingest.files import Location
 
 _PLANS: dict[str, Callable[[IngestConfig, PlanContext], list[PartSpec]]] = {
     "mimic_cxr": mimic.plan,
@@ -40,9 +42,32 @@ def plan(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
     name = config.dataset.name
     if name not in _PLANS:
         raise PipelineError("E_CONFIG", f"unknown dataset kind {name!r}." + did_you_mean(name, DATASET_KINDS))
-    if ctx.part_size < 1:
+    if ctx.part_size is not None and ctx.part_size < 1:
         raise PipelineError("E_CONFIG", f"ingest.part_size must be at least 1, got {ctx.part_size}.")
     return _PLANS[name](config, ctx)
+
+
+def stamp(config: IngestConfig) -> str | None:
+    """A digest of the bytes of a dump held in files (a table, CheXpert CSVs), so that a rerun on
+    an unchanged dump skips ingest without reading it again; None for a tree (MIMIC-CXR), whose
+    listing only the plan can tell, or when a file is missing (the plan then says so)."""
+    ds = config.dataset
+    try:
+        if ds.name in ("table", "chexpert_plus") and ds.path:
+            locs = [Location.of(ds.path)]
+        elif ds.name == "chexpert":
+            locs = [loc for loc, _ in chexpert._v1_files(config)]
+        else:
+            return None
+        h = hashlib.blake2b(digest_size=16)
+        for loc in locs:
+            with loc.open("rb") as fh:
+                for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
+                    h.update(block)
+            h.update(b"\x1f")
+    except (OSError, PipelineError):
+        return None
+    return h.hexdigest()
 
 
 def read(spec: PartSpec, config: IngestConfig) -> PartResult:
@@ -58,5 +83,6 @@ source_stage(
     config=IngestConfig,
     plan=plan,
     read=read,
+    stamp=stamp,
     description="Read a dump into reports, images_meta, official_labels and rejects.",
 )
