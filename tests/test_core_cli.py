@@ -45,6 +45,8 @@ def test_cli_runs_a_dag_file_and_prints_a_summary(tmp_path, toy_dag, capsys):
         (["cluster.n_workers=two"], "E_CONFIG_VALUE", "n_workers"),
         (["profile=huge"], "E_CONFIG_VALUE", "Choose from"),
         (["colour=red"], "E_CONFIG_KEY", "unknown key 'colour'"),
+        (["stages.ingest.part_size=abc"], "E_CONFIG_VALUE", "part_size expects an integer, got 'abc'"),
+        (["force=maybe"], "E_CONFIG_VALUE", "force expects true or false"),
     ],
 )
 def test_bad_overrides_are_explained(args, code, text):

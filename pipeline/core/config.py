@@ -9,6 +9,7 @@ Hydra's ConfigStore as ``_typed``), so a misspelt key or a wrong type fails at o
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, fields, is_dataclass
@@ -153,6 +154,24 @@ def _is_tuple(hint: Any) -> bool:
     return False
 
 
+_EXPECTED = {"Integer": "an integer", "Float": "a number", "Boolean": "true or false", "String": "a string"}
+_NOT_CONVERTED = re.compile(
+    r"Value '(.*)' of type '\w+' could not be converted to (\w+)\s+full_key: (\S+)", re.S
+)
+
+
+def _value_error(exc: BaseException) -> str:
+    """The message of a failed override: the key, what it expects and what it got, when OmegaConf
+    says (its own wording is "Error merging override ..." with the reason in the cause)."""
+    for err in (exc, exc.__cause__, exc.__context__):
+        match = _NOT_CONVERTED.search(str(err or ""))
+        if match:
+            value, kind, key = match.groups()
+            expected = _EXPECTED.get(kind, kind.lower())
+            return f"{key} expects {expected}, got {value!r}."
+    return str(exc).strip().splitlines()[0]
+
+
 def compose_run(overrides: list[str]) -> RunConfig:
     """Compose ``pipeline/conf/config.yaml`` with ``overrides`` (Hydra ``key=value`` syntax).
 
@@ -167,7 +186,7 @@ def compose_run(overrides: list[str]) -> RunConfig:
         try:
             cfg = compose(config_name="config", overrides=overrides)
         except (HydraException, OmegaConfBaseException) as exc:
-            raise PipelineError("E_CONFIG_VALUE", str(exc).strip().splitlines()[0]) from exc
+            raise PipelineError("E_CONFIG_VALUE", _value_error(exc)) from exc
     missing = sorted(OmegaConf.missing_keys(cfg))
     if missing:
         raise PipelineError(
@@ -188,6 +207,9 @@ def compose_run(overrides: list[str]) -> RunConfig:
             stages[name] = _to_dataclass(stage.config, values)
         except (TypeError, ValueError) as exc:
             raise PipelineError("E_CONFIG_VALUE", f"stages.{name}: {exc}") from exc
+    for key in ("force", "progress"):
+        if not isinstance(plain.get(key, False), bool):
+            raise PipelineError("E_CONFIG_VALUE", f"{key} expects true or false, got {plain[key]!r}.")
     profile = _chosen_profile(overrides)
     return RunConfig(
         dag=plain.get("dag"),
@@ -207,4 +229,4 @@ def _chosen_profile(overrides: list[str]) -> str:
     for item in overrides:
         if item.startswith("profile="):
             return item.split("=", 1)[1]
-    return "tiny"
+    return "auto"

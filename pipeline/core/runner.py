@@ -692,11 +692,15 @@ class CorpusContext:
         self.runner = runner
         self.stage = stage
         self.fingerprint = fingerprint
-        self.client = runner.client
         self.out = runner.out
         self.store = runner.store
         self.markers: dict[int, dict[str, Any]] = {}
         self.done_before = 0  # parts an earlier, interrupted run finished (see resume)
+
+    @property
+    def client(self) -> Client:
+        """The run's client, started on first use (a stage with nothing to schedule needs none)."""
+        return self.runner.client
 
     @property
     def n_parts(self) -> int:

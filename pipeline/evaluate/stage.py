@@ -6,6 +6,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow.parquet as pq
+
 from pipeline.core.io import Store
 from pipeline.core.registry import corpus_stage
 from pipeline.core.runner import CorpusContext, commit_corpus_part
@@ -34,25 +36,24 @@ def _part_confusion(out: str, index: int) -> tuple[Counter, int, int]:
 )
 def agreement(ctx: CorpusContext, *, config: AgreementConfig) -> Any:
     """Confusion over 1 / 0 / -1 / blank per labeler and observation (empty without official labels)."""
-    parts = ctx.input_parts("labels")
-    futures = ctx.client.map(_part_confusion, [ctx.out] * len(parts), parts, pure=False)
+    # Only parts with official labels have anything to compare (a table of reports has none):
+    # their Parquet footers say so without reading them, and the rest costs no task at all.
+    parts = [i for i in ctx.input_parts("official_labels") if _rows(ctx.store, "official_labels", i)]
     total: Counter = Counter()
-    n_labels = 0
-    for counts, _compared, n in ctx.client.gather(futures):
-        total.update(counts)
-        n_labels += n
-    # Every labels row is read and counted toward the comparison when an official row exists.
+    if parts:
+        futures = ctx.client.map(_part_confusion, [ctx.out] * len(parts), parts, pure=False)
+        for counts, _compared, _n in ctx.client.gather(futures):
+            total.update(counts)
+    # Every labels row counts as read: compared when an official row exists, else nothing to do.
+    n_labels = int(ctx.store.read_json(ctx.store.manifest_path("labels"))["rows"])
     ctx.commit(
         0,
-        ctx.client.submit(
-            commit_corpus_part,
-            ctx.out,
-            "agreement",
-            0,
-            {"label_agreement": to_table(total)},
-            ctx.fingerprint,
-            n_labels,
-            n_labels,
-            pure=False,
-        ).result(),
+        commit_corpus_part(
+            ctx.out, "agreement", 0, {"label_agreement": to_table(total)}, ctx.fingerprint, n_labels, n_labels
+        ),
     )
+
+
+def _rows(store: Store, dataset: str, index: int) -> int:
+    with store.fs.open(store.part_path(dataset, index), "rb") as fh:
+        return int(pq.ParquetFile(fh).metadata.num_rows)
