@@ -4,6 +4,7 @@ cluster, and a run with nothing to do starts no cluster."""
 from __future__ import annotations
 
 import csv
+import json
 import os
 from pathlib import Path
 
@@ -25,9 +26,7 @@ def write_table(path: Path, n: int, edit: int | None = None) -> None:
             finding = "Small left pleural effusion." if i % 3 == 0 else "No pleural effusion."
             if i == edit:  # as long as the sentence it replaces
                 finding = f"{'Right pneumothorax.':<{len(finding)}}"
-            writer.writerow(
-                [f"r{i:04d}", f"FINDINGS: Heart size is normal.\nIMPRESSION: {finding}"]
-            )
+            writer.writerow([f"r{i:04d}", f"FINDINGS: Heart size is normal.\nIMPRESSION: {finding}"])
 
 
 def labels_run(out: Path, table: Path, client, *overrides: str):
@@ -145,3 +144,19 @@ def test_a_table_without_rows_is_a_structural_error(tmp_path: Path, dask_client)
         labels_run(tmp_path / "run", table, dask_client)
     assert err.value.code == "E_DUMP_EMPTY"
     assert not list((tmp_path / "run" / "_state" / "ingest").glob("staging*"))
+
+
+def test_manifest_counts_rows_read_as_windows_1252(tmp_path: Path, dask_client) -> None:
+    table = tmp_path / "reports.csv"
+    table.write_bytes(
+        b"uid,report\n"
+        b"a,FINDINGS: Caf\xe9 normal. No effusion.\n"  # Windows-1252, not UTF-8
+        b"b,FINDINGS: No effusion.\n"
+    )
+    cfg = compose_run(
+        ["dataset=table", f"dataset.path={table}", "dataset.id_column=uid", "dataset.text_column=report"]
+    )
+    out = tmp_path / "run"
+    Runner(str(out), dask_client).run_stage(get_stage("ingest"), cfg.stage_config("ingest"))
+    manifest = json.loads((out / "reports" / "_manifest.json").read_text())
+    assert manifest["notes"] == {"rows_read_as_cp1252": 1} and manifest["rows"] == 2

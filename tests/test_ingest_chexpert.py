@@ -3,10 +3,15 @@ study, labels in v1.0's own column order, rejects and structural errors."""
 
 from __future__ import annotations
 
+import codecs
 import csv
+import gzip
 import io
+import logging
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from test_ingest_support import ingest
 
@@ -357,3 +362,65 @@ def test_v1_structural_errors(tmp_path: Path) -> None:
     (tmp_path / "short.csv").write_text(",".join(h for h in V1_HEADER if h != "Edema") + "\n")
     err = error(v1_config(path=str(tmp_path / "short.csv")))
     assert err.code == "E_DUMP_COLUMNS" and "'Edema'" in err.message
+
+
+# -- structural problems of the files, encodings -----------------------------------------------------
+
+
+def _error(cfg: IngestConfig, staging: Path) -> PipelineError:
+    with pytest.raises(PipelineError) as info:
+        get_stage("ingest").plan(cfg, PlanContext(str(staging), 10))
+    return info.value
+
+
+def test_plus_file_problems_are_coded(tmp_path: Path) -> None:
+    folder = tmp_path / "df_chexpert_plus_240401.csv"  # unpacked into a folder of the same name
+    folder.mkdir()
+    write_plus(folder / "df_chexpert_plus_240401.csv")
+    err = _error(plus_config(folder), tmp_path / "s")
+    assert err.code == "E_DUMP_LAYOUT" and "is a folder, not a file: set dataset.path=" in err.message
+    assert "It holds df_chexpert_plus_240401.csv" in err.message
+    (tmp_path / "header.csv").write_text(",".join(PLUS_COLUMNS) + "\n")
+    err = _error(plus_config(tmp_path / "header.csv"), tmp_path / "s")
+    assert err.code == "E_DUMP_EMPTY" and "has a header but no rows" in err.message
+    pq.write_table(pa.table({"path_to_image": ["a/b/c/d.jpg"], "report": ["x"]}), tmp_path / "plus.csv")
+    err = _error(plus_config(tmp_path / "plus.csv"), tmp_path / "s")
+    assert err.code == "E_DUMP_FORMAT" and "is a Parquet file, not CSV text" in err.message
+    (tmp_path / "empty.csv").write_bytes(b"")
+    assert _error(plus_config(tmp_path / "empty.csv"), tmp_path / "s").code == "E_DUMP_EMPTY"
+    assert not (tmp_path / "s").exists()
+
+
+def test_plus_utf16_gzipped_reads_like_utf8(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, PLUS_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(PLUS_ROWS[:5])
+    text = buf.getvalue().replace(R1, R1.replace("Cough.", "Toux \u2013 fièvre."))
+    (tmp_path / "utf8.csv").write_bytes(text.encode("utf-8"))
+    (tmp_path / "utf16.csv.gz").write_bytes(gzip.compress(codecs.BOM_UTF16_LE + text.encode("utf-16-le")))
+    expected = ingest(plus_config(tmp_path / "utf8.csv"), tmp_path / "s1")
+    with caplog.at_level(logging.WARNING, logger="pipeline.ingest.chexpert"):
+        got = ingest(plus_config(tmp_path / "utf16.csv.gz"), tmp_path / "s2")
+    assert got.reports.equals(expected.reports) and got.images.equals(expected.images)
+    assert "fièvre" in "".join(got.column("reports", "text"))
+    assert "UTF-16-LE (by its byte-order mark), gzip-compressed" in caplog.text
+
+
+def test_plus_rows_not_utf8_are_counted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="pipeline.ingest.chexpert"):
+        ingest(plus_config(write_plus(tmp_path / "plus.csv")), tmp_path / "staging")
+    # Row 10 is Windows-1252; row 11 is neither that nor UTF-8 (rejected as bad_encoding).
+    assert "2 row(s) are not UTF-8 and are read as Windows-1252 (row 10, row 11)" in caplog.text
+
+
+def test_v1_empty_and_folder_are_coded(tmp_path: Path) -> None:
+    root = tmp_path / "CheXpert-v1.0-small"
+    root.mkdir()
+    for name in ("train.csv", "valid.csv"):
+        (root / name).write_text(",".join(V1_HEADER) + "\n")
+    err = _error(v1_config(root=str(root)), tmp_path / "s")
+    assert err.code == "E_DUMP_EMPTY" and "have headers but no rows" in err.message
+    assert "train.csv" in err.message and "valid.csv" in err.message
+    err = _error(v1_config(path=str(tmp_path)), tmp_path / "s")
+    assert err.code == "E_DUMP_LAYOUT" and "is a folder" in err.message

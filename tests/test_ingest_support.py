@@ -3,6 +3,9 @@ adapters' file helpers."""
 
 from __future__ import annotations
 
+import codecs
+import gzip
+import io
 import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,9 +16,10 @@ import pyarrow.compute as pc
 from pipeline.core.errors import REJECT_REASONS
 from pipeline.core.registry import PartResult, PlanContext, get_stage
 from pipeline.core.schemas import conform
+from pipeline.ingest import files as ingest_files
 from pipeline.ingest.common import PartSpec
 from pipeline.ingest.config import IngestConfig
-from pipeline.ingest.files import Location, digest, pick_file, walk_files
+from pipeline.ingest.files import Location, TextSniff, digest, pick_file, sniff_text, walk_files
 
 OUTPUTS = ("reports", "images_meta", "official_labels")
 
@@ -139,3 +143,50 @@ def test_pick_file_prefers_newest_version_then_plain() -> None:
     assert pick_file(names, r"mimic-cxr-2\.\d+\.\d+-chexpert\.csv(\.gz)?") == "mimic-cxr-2.1.0-chexpert.csv"
     assert pick_file(names, r"nothing") is None
     assert digest("a", "b") != digest("ab") and digest("a") == digest("a")
+
+
+def _sniff(tmp_path: Path, data: bytes, name: str = "t.csv") -> TextSniff:
+    (tmp_path / name).write_bytes(data)
+    return sniff_text(Location.of(str(tmp_path / name)))
+
+
+def test_sniff_text_tells_encodings_by_bom_and_by_nul_bytes(tmp_path: Path) -> None:
+    text = "uid,report\nr1,Épanchement \u2013 pleural\n"
+    for encoding, bom in (
+        ("utf-16-le", codecs.BOM_UTF16_LE),
+        ("utf-16-be", codecs.BOM_UTF16_BE),
+        ("utf-32-le", codecs.BOM_UTF32_LE),
+        ("utf-32-be", codecs.BOM_UTF32_BE),
+        ("utf-8", codecs.BOM_UTF8),
+    ):
+        assert _sniff(tmp_path, bom + text.encode(encoding)) == TextSniff(
+            None, encoding, "by its byte-order mark", len(bom)
+        )
+        if encoding != "utf-8":
+            assert _sniff(tmp_path, text.encode(encoding)) == TextSniff(None, encoding, "by its NUL bytes")
+    gz = _sniff(tmp_path, gzip.compress(text.encode("utf-16-le")), "t.csv")  # gzip told by its bytes
+    assert (gz.compression, gz.encoding) == ("gzip", "utf-16-le")
+    # UTF-8 with a garbled row (NUL and control bytes) stays UTF-8 text: that row is a reject.
+    garbled = "uid,report\nr1,FINDINGS: \x00\x01\x02\x03 no effusion \x04\x05\x06\n" * 20
+    assert _sniff(tmp_path, garbled.encode()) == TextSniff(None)
+    assert _sniff(tmp_path, "caf\xe9,x\n".encode("cp1252")) == TextSniff(None)
+
+
+def test_utf16_is_re_encoded_a_chunk_at_a_time(tmp_path: Path, monkeypatch) -> None:
+    """A multi-GB UTF-16 file is never read whole: reads of the file stay at TRANSCODE_CHUNK."""
+    monkeypatch.setattr(ingest_files, "TRANSCODE_CHUNK", 1000)
+    text = "uid,report\n" + "".join(f'r{i},"Ligne {i}\nsuite \u2013 é"\n' for i in range(2000))
+    data = codecs.BOM_UTF16_BE + text.encode("utf-16-be")
+    sizes: list[int] = []
+
+    class Recording(io.BytesIO):
+        def read(self, size: int | None = -1) -> bytes:
+            sizes.append(-1 if size is None else size)
+            return super().read(size)
+
+    stream = ingest_files._Utf8Stream(Recording(data[2:]), "utf-16-be")
+    assert stream.read() == text.encode("utf-8")
+    assert sizes and max(sizes) == 1000 and -1 not in sizes
+    (tmp_path / "big.csv").write_bytes(data)
+    with ingest_files.open_text(Location.of(str(tmp_path / "big.csv"))) as fh:
+        assert fh.read(11) == b"uid,report\n"

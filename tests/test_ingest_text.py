@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import pyarrow as pa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.ingest.text import check_text, decode_id, decode_text, locate_sections, sectioned_text
+from pipeline.ingest.text import (
+    check_text,
+    decode_id,
+    decode_text,
+    decode_text_as,
+    locate_sections,
+    not_utf8_rows,
+    sectioned_text,
+)
 
 
 def test_decode_utf8_then_cp1252_then_give_up() -> None:
@@ -78,3 +87,17 @@ def test_locate_sections_in_the_report() -> None:
     twice = "FINDINGS: Normal.\nIMPRESSION: Normal."
     spans = locate_sections(twice, [("findings", "Normal."), ("impression", "Normal.")])
     assert [(s["name"], s["start"]) for s in spans] == [("findings", 10), ("impression", 30)]
+
+
+def test_decode_text_as_says_which_encoding_it_assumed() -> None:
+    assert decode_text_as("caf\xe9".encode()) == ("caf\xe9", "utf-8")
+    assert decode_text_as("caf\xe9 \u2013".encode("cp1252")) == ("caf\xe9 \u2013", "cp1252")
+    assert decode_text_as(b"\x81\x8d") == (None, "")
+    assert decode_text_as(None) == ("", "utf-8") and decode_text_as("x\r\n") == ("x\n", "utf-8")
+
+
+def test_not_utf8_rows() -> None:
+    a = pa.array([b"ok", "caf\xe9".encode("cp1252"), None, b"fine"], pa.binary())
+    b = pa.array([b"\xff", b"ok", b"ok", b"ok"], pa.binary())
+    assert not_utf8_rows([a, b]) == [0, 1]
+    assert not_utf8_rows([pa.array([b"x", None], pa.binary())]) == []

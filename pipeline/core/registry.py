@@ -97,6 +97,8 @@ class PartResult:
 
     tables: dict[str, pa.Table]
     rows_in: dict[str, int] = field(default_factory=dict)
+    # counts a user should see in the manifest, summed over parts (rows read as Windows-1252 ...)
+    notes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -227,6 +227,7 @@ def run_source_part(
         "rows_in": n_in,
         "rows_out": n_in - rejected.get(primary, 0),
         "rows_in_by_dataset": result.rows_in,
+        "notes": result.notes,
     }
     return _commit_part(Store(out), stage, index, result.tables, fingerprint, accounting, started)
 
@@ -584,6 +585,12 @@ class Runner:
             },
             "stage_rows": {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rejected},
         }
+        notes: dict[str, int] = {}
+        for m in markers.values():
+            for key, n in m.get("notes", {}).items():
+                notes[key] = notes.get(key, 0) + n
+        if notes:
+            common["notes"] = notes
         if part_fps is not None:  # what a downstream part follows
             common["part_fingerprints"] = {str(i): fp for i, fp in enumerate(part_fps) if i in markers}
         for dataset in stage.outputs:

@@ -42,8 +42,17 @@ from pipeline.ingest.files import (
     list_names,
     read_staged,
     require,
+    require_file,
+    sniff_text,
 )
-from pipeline.ingest.text import check_text, decode_text, locate_sections, sectioned_text
+from pipeline.ingest.text import (
+    check_text,
+    decode_text_as,
+    encoding_note,
+    locate_sections,
+    not_utf8_rows,
+    sectioned_text,
+)
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +202,12 @@ class _Stager:
 def plan_plus(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
     """Part specs of a CheXpert Plus CSV (``dataset.path``), ``part_size`` reports each.
 
-    Raises PipelineError: E_DUMP_MISSING (no such file), E_DUMP_COLUMNS (path_to_image or report
-    missing).
+    Raises PipelineError: E_DUMP_MISSING (no such file), E_DUMP_LAYOUT (a folder),
+    E_DUMP_UNREADABLE, E_DUMP_FORMAT (not CSV text), E_DUMP_EMPTY (0 bytes, or a header and no
+    rows), E_DUMP_COLUMNS (path_to_image or report missing; a malformed CSV).
     """
-    loc = require(config.dataset.path, "dataset.path", "CheXpert Plus CSV")
+    loc = require_file(config.dataset.path, "dataset.path", "CheXpert Plus CSV")
+    _log_encoding(loc)
     names = csv_columns(loc)
     check_columns(
         names, ["path_to_image", "report"], loc.url, "dataset=chexpert_plus reads df_chexpert_plus_*.csv."
@@ -208,6 +219,8 @@ def plan_plus(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
     part_size = ctx.part_size_for(lambda: count_rows(loc, "path_to_image"))
     rows = _Rows(part_size, "path_to_image", "<split>/<patient>/<study>/<image>")
     row = 0
+    not_utf8: list[str] = []
+    n_not_utf8 = 0
     for batch in iter_csv(
         loc, ["path_to_image", "report", *sections, *optional], binary=["report", *sections]
     ):
@@ -228,6 +241,9 @@ def plan_plus(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
             rows.add(i, f"{study}/{report_hash(body)}", image_id)
         first_mask = pa.array(rows.firsts, pa.bool_())
         table = pa.Table.from_batches([batch])
+        bad = [i for i in not_utf8_rows([table[c] for c in ["report", *sections]]) if rows.firsts[i]]
+        n_not_utf8 += len(bad)
+        not_utf8.extend(f"row {row + i + 2}" for i in bad[: max(0, 5 - len(not_utf8))])
         # Only a report's first row needs its text: later rows of the same report are images.
         for c in ["report", *sections]:
             table = table.set_column(
@@ -240,6 +256,15 @@ def plan_plus(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
         )
         stager.add(table, rows.parts)
         row += n
+    if row == 0:
+        raise PipelineError(
+            "E_DUMP_EMPTY",
+            f"{loc.url} has a header but no rows: there is no report to read. Point dataset.path at "
+            "the full df_chexpert_plus_*.csv (a download or export that stopped early leaves only "
+            "the header).",
+        )
+    if n_not_utf8:
+        log.warning(encoding_note(loc.url, n_not_utf8, not_utf8))
     log.info("chexpert_plus: %d rows, %d reports", row, rows.n_reports)
     return stager.specs("chexpert_plus", posixpath.dirname(loc.url), "")
 
@@ -255,10 +280,11 @@ def read_plus(spec: PartSpec, config: IngestConfig) -> PartResult:
         cols = {name: table[name].to_pylist() for name in table.column_names}
         sections = [c for c in PLUS_SECTIONS if c in cols]
         verdict: dict[str, str | None] = {}
+        cp1252: list[str] = []  # reports whose text was not UTF-8 and was read as Windows-1252
         for i, rid in enumerate(cols[RID]):
             if cols[FIRST][i]:
                 n_reports += 1
-                problem = _plus_report(cols, sections, i, rid, config.max_chars, report_rows)
+                problem = _plus_report(cols, sections, i, rid, config.max_chars, report_rows, cp1252)
                 verdict[rid] = problem[0] if problem else None
                 if problem:
                     rejects.add(REPORTS, rid, *problem)
@@ -282,6 +308,14 @@ def read_plus(spec: PartSpec, config: IngestConfig) -> PartResult:
                     view_from(_get(cols, "frontal_lateral", i), _get(cols, "ap_pa", i)),
                 )
             )
+        if cp1252:
+            # Per part, for the manifest (the plan warns once for the whole file).
+            log.info(
+                "chexpert_plus part %d: %d of %d reports not UTF-8, read as Windows-1252",
+                spec.index,
+                len(cp1252),
+                n_reports,
+            )
     return PartResult(
         tables={
             REPORTS: build(REPORTS, report_rows),
@@ -290,6 +324,7 @@ def read_plus(spec: PartSpec, config: IngestConfig) -> PartResult:
             "rejects": rejects.table(),
         },
         rows_in={REPORTS: n_reports, IMAGES: n_images, LABELS: 0},
+        notes={"rows_read_as_cp1252": len(cp1252)} if cp1252 else {},
     )
 
 
@@ -300,12 +335,17 @@ def _plus_report(
     rid: str,
     max_chars: int,
     out: list[tuple[Any, ...]],
+    cp1252: list[str],
 ) -> tuple[str, str | None] | None:
-    """Append report ``i`` to ``out``, or return its (reject code, detail)."""
+    """Append report ``i`` to ``out``, or return its (reject code, detail). A report with text that
+    was not UTF-8 (read as Windows-1252) has its id appended to ``cp1252``."""
     if cols[REP_REJECT][i]:
         return cols[REP_REJECT][i], cols[REP_DETAIL][i]
-    report = decode_text(cols["report"][i])
-    bodies = [(PLUS_SECTIONS[c], decode_text(cols[c][i])) for c in sections]
+    report, encoding = decode_text_as(cols["report"][i])
+    decoded = [(PLUS_SECTIONS[c], *decode_text_as(cols[c][i])) for c in sections]
+    bodies = [(name, body) for name, body, _ in decoded]
+    if encoding == "cp1252" or any(enc == "cp1252" for _, _, enc in decoded):
+        cp1252.append(rid)
     spans: list[dict[str, object]] | None
     if report is not None and report.strip():
         text = report
@@ -353,7 +393,7 @@ def _format(path: str) -> str | None:
 def _v1_files(config: IngestConfig) -> list[tuple[Location, str | None]]:
     ds = config.dataset
     if ds.path:
-        loc = require(ds.path, "dataset.path", "CheXpert train/valid CSV")
+        loc = require_file(ds.path, "dataset.path", "CheXpert train/valid CSV")
         return [(loc, V1_FILES.get(loc.name))]
     if not ds.root:
         raise PipelineError(
@@ -373,17 +413,28 @@ def _v1_files(config: IngestConfig) -> list[tuple[Location, str | None]]:
     return found
 
 
+def _log_encoding(loc: Location) -> None:
+    """Say so when a CSV is not UTF-8 (it is re-encoded on the fly); raises as sniff_text does."""
+    sniff = sniff_text(loc)
+    if sniff.transcoded:
+        log.warning("%s is %s: read re-encoded as UTF-8", loc.url, sniff.describe())
+
+
 def plan_v1(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
     """Part specs of CheXpert v1.0 CSVs, ``part_size`` studies each (there are no reports).
 
-    Raises PipelineError: E_DUMP_MISSING, E_DUMP_LAYOUT (no train/valid CSV), E_DUMP_COLUMNS.
+    Raises PipelineError: E_DUMP_MISSING, E_DUMP_LAYOUT (no train/valid CSV; a folder given as
+    dataset.path), E_DUMP_UNREADABLE, E_DUMP_FORMAT, E_DUMP_EMPTY (no rows in any CSV),
+    E_DUMP_COLUMNS.
     """
     obs = list(observations())
     stager = _Stager(ctx, "cxv1")
     files = _v1_files(config)
     part_size = ctx.part_size_for(lambda: sum(count_rows(loc, "Path") for loc, _ in files))
     rows = _Rows(part_size, "Path", ".../<patient>/<study>/<image>")
+    n_rows = 0
     for loc, split in files:
+        _log_encoding(loc)
         names = csv_columns(loc)
         check_columns(names, ["Path", *obs], loc.url, "CheXpert v1.0 CSVs have Path and the 14 observations.")
         optional = [c for c in V1_OPTIONAL if c in names]
@@ -406,6 +457,14 @@ def plan_v1(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
             stager.prefix = f"cxv1-{loc.name.split('.')[0]}"
             stager.add(table, rows.parts)
             row += n
+        n_rows += row
+    if n_rows == 0:
+        raise PipelineError(
+            "E_DUMP_EMPTY",
+            f"{' and '.join(loc.url for loc, _ in files)} {'have headers' if len(files) > 1 else 'has a header'} "
+            "but no rows: there is no image to read. Point dataset.root (or dataset.path) at the full "
+            "CheXpert CSVs.",
+        )
     log.info("chexpert: %d studies", rows.n_reports)
     return stager.specs("chexpert", posixpath.dirname(files[0][0].url), "")
 

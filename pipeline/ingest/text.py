@@ -9,7 +9,9 @@ and returns the spans of each body.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+
+import pyarrow as pa
 
 # C0 controls other than tab and newline, DEL, and the C1 block: what binary junk decodes to.
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
@@ -24,8 +26,15 @@ def decode_text(raw: bytes | str | None) -> str | None:
     Returns None when the bytes are neither UTF-8 nor Windows-1252 (reject ``bad_encoding``).
     ``None`` in gives ``""`` out (an empty field, rejected later as ``empty_text``).
     """
+    return decode_text_as(raw)[0]
+
+
+def decode_text_as(raw: bytes | str | None) -> tuple[str | None, str]:
+    """:func:`decode_text`, and the encoding it assumed: ``utf-8``, ``cp1252`` (the bytes were not
+    UTF-8) or ``""`` (neither: the text is None). A ``str`` or None in counts as ``utf-8``."""
+    encoding = "utf-8"
     if raw is None:
-        return ""
+        return "", encoding
     if isinstance(raw, str):
         text = raw
     else:
@@ -33,14 +42,50 @@ def decode_text(raw: bytes | str | None) -> str | None:
             text = raw.decode("utf-8")
         except UnicodeDecodeError:
             try:
-                text = raw.decode("cp1252")
+                text, encoding = raw.decode("cp1252"), "cp1252"
             except UnicodeDecodeError:
-                return None
+                return None, ""
     if text.startswith("\ufeff"):
         text = text[1:]
     if "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    return text
+    return text, encoding
+
+
+def not_utf8_rows(columns: Sequence[pa.Array | pa.ChunkedArray]) -> list[int]:
+    """Indices of the rows where any of the binary ``columns`` is not valid UTF-8, in order.
+
+    One validating cast per column; only a column that fails it is looked at row by row.
+    """
+    bad: set[int] = set()
+    for column in columns:
+        try:
+            column.cast(pa.string())
+        except pa.ArrowInvalid:
+            for i, value in enumerate(column.to_pylist()):
+                if value is not None and not _is_utf8(value):
+                    bad.add(i)
+    return sorted(bad)
+
+
+def _is_utf8(value: bytes | str) -> bool:
+    if isinstance(value, str):
+        return True
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def encoding_note(where: str, n_rows: int, examples: Sequence[str]) -> str:
+    """The warning for ``n_rows`` rows of ``where`` that are not UTF-8 (read as Windows-1252)."""
+    shown = ", ".join(examples[:5]) + (" ..." if n_rows > len(examples[:5]) else "")
+    return (
+        f"{where}: {n_rows} row(s) are not UTF-8 and are read as Windows-1252 ({shown}); those that "
+        "are not Windows-1252 either are rejected as bad_encoding. If the file is in another "
+        "encoding, re-encode it as UTF-8 first (iconv -f <its encoding> -t UTF-8)."
+    )
 
 
 def decode_id(raw: bytes | str | None) -> str:
