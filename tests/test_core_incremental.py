@@ -103,16 +103,20 @@ def test_touched_file_reruns_nothing_and_starts_no_cluster(tmp_path: Path, dask_
     assert not list((out / "_state" / "ingest").glob("staging*"))
 
 
-def test_a_tree_whose_listing_is_unchanged_reruns_nothing(tmp_path: Path, dask_client) -> None:
-    # A MIMIC-style tree has no stamp: the plan lists it, finds every part's rows unchanged.
+def test_an_unchanged_tree_is_not_listed_again_and_a_new_study_is_seen(tmp_path: Path, dask_client) -> None:
     out = tmp_path / "run"
-    overrides = [f"dataset.root={tmp_path / 'demo'}", "dataset.n_reports=30", f"out={out}"]
-    cfg = compose_run(overrides)
-    runner = Runner(cfg.out, dask_client)
-    assert runner.run_stage(get_stage("ingest"), cfg.stage_config("ingest")).status == "ran"
-    again = Runner(cfg.out, dask_client).run_stage(get_stage("ingest"), cfg.stage_config("ingest"))
-    assert again.status == "skipped"
+    cfg = compose_run([f"dataset.root={tmp_path / 'demo'}", "dataset.n_reports=30", f"out={out}"])
+    ingest = get_stage("ingest"), cfg.stage_config("ingest")
+    first = Runner(cfg.out, dask_client).run_stage(*ingest)
+    assert first.status == "ran"
+    # The folders' times and the CSVs' bytes are the same: skipped without a listing or a cluster.
+    assert Runner(cfg.out, no_cluster).run_stage(*ingest).status == "skipped"
     assert not list((out / "_state" / "ingest").glob("staging*"))
+    new = tmp_path / "demo" / "files" / "p19" / "p19999999" / "s59999999.txt"
+    new.parent.mkdir(parents=True)
+    new.write_text("FINDINGS: No pleural effusion.\nIMPRESSION: Normal chest.")
+    again = Runner(cfg.out, dask_client).run_stage(*ingest)
+    assert again.status in ("ran", "resumed") and again.rows_in == first.rows_in + 1
 
 
 def test_part_sizes_follow_the_input_and_the_cluster(tmp_path: Path, dask_client) -> None:

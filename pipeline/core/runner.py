@@ -409,6 +409,8 @@ class Runner:
                 workers=self.workers(),
             )
             specs = stage.plan(config, ctx)
+            if stamp is None and stage.stamp is not None:  # the plan may have made it (the demo dump)
+                stamp = stage.stamp(config)
             if not specs:
                 self._remove_staging(stage)
                 raise PipelineError(

@@ -16,7 +16,7 @@ from pipeline.core.registry import PartResult, PlanContext, source_stage
 from pipeline.ingest import chexpert, mimic, mimic_read, table
 from pipeline.ingest.common import PartSpec
 from pipeline.ingest.config import DATASET_KINDS, IngestConfig
-from pipeline.ingest.files import Location
+from pipeline.ingest.files import Location, list_names
 
 _PLANS: dict[str, Callable[[IngestConfig, PlanContext], list[PartSpec]]] = {
     "mimic_cxr": mimic.plan,
@@ -48,18 +48,27 @@ def plan(config: IngestConfig, ctx: PlanContext) -> list[PartSpec]:
 
 
 def stamp(config: IngestConfig) -> str | None:
-    """A digest of the bytes of a dump held in files (a table, CheXpert CSVs), so that a rerun on
-    an unchanged dump skips ingest without reading it again; None for a tree (MIMIC-CXR), whose
-    listing only the plan can tell, or when a file is missing (the plan then says so)."""
+    """A digest of a dump that is cheap to take, so that a rerun on an unchanged dump skips ingest
+    without listing or reading it again: the bytes of a table or of CheXpert's CSVs; for a local
+    MIMIC-CXR tree, the bytes of its CSVs (and reports zip) and the modification times of the
+    folders under files/ down to the patients' (adding or removing a study, a report or a patient
+    changes them). None (the plan decides) for a remote tree, or when a file is missing."""
     ds = config.dataset
     try:
+        h = hashlib.blake2b(digest_size=16)
         if ds.name in ("table", "chexpert_plus") and ds.path:
             locs = [Location.of(ds.path)]
         elif ds.name == "chexpert":
             locs = [loc for loc, _ in chexpert._v1_files(config)]
+        elif ds.name in ("mimic_cxr", "demo") and ds.root and not ds.reports_zip:
+            folders = mimic.tree_stamp(Location.of(ds.root))
+            if folders is None:
+                return None
+            h.update(folders.encode())
+            locs = [Location.of(ds.root).join(n) for n in list_names(Location.of(ds.root))]
+            locs = [loc for loc in locs if loc.name.endswith((".csv", ".csv.gz", ".zip"))]
         else:
             return None
-        h = hashlib.blake2b(digest_size=16)
         for loc in locs:
             with loc.open("rb") as fh:
                 for block in iter(lambda fh=fh: fh.read(1 << 22), b""):
