@@ -88,18 +88,8 @@ def test_touched_file_reruns_nothing_and_starts_no_cluster(tmp_path: Path, dask_
     write_table(table, 120)
     labels_run(out, table, dask_client)
     os.utime(table)  # touched, the same bytes
-    cfg = compose_run(
-        [
-            "dataset=table",
-            f"dataset.path={table}",
-            "dataset.id_column=uid",
-            "dataset.text_column=report",
-            f"out={out}",
-        ]
-    )
-    dag = load_dag("labels")
-    reports = Runner(cfg.out, no_cluster).run_dag(dag, {s.name: cfg.stage_config(s.name) for s in dag.stages})
-    assert [r.status for r in reports] == ["skipped"] * len(dag.stages)
+    reports = labels_run(out, table, no_cluster)
+    assert [r.status for r in reports.values()] == ["skipped"] * len(load_dag("labels").stages)
     assert not list((out / "_state" / "ingest").glob("staging*"))
 
 
