@@ -19,14 +19,17 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core.errors import PipelineError, reject_table
 from pipeline.core.registry import CONTENT
 from pipeline.core.schemas import conform
 from pipeline.text.labels import findings_table, label_table, typed_table
 from pipeline.text.lexicon import load_lexicon
-from pipeline.text.nlp import load_engine
+from pipeline.text.nlp import TextEngine, load_engine
+from pipeline.text.windows import sentence_windows
 
 log = logging.getLogger(__name__)
 
@@ -86,44 +89,74 @@ def _check_inputs(tables: Mapping[str, pa.Table], config: ExtractConfig) -> None
             )
 
 
-def _labeled_flags(sentences: pa.Table, sections: pa.Table | None, config: ExtractConfig) -> list[bool]:
-    """Whether each sentence's section counts toward labels.
+class _SectionFlags:
+    """Whether each sentence's section counts toward labels, asked a window of sentences at a time.
 
     The sentence's own section is found by ``section_idx`` (sentences v2), else by its offset.
     """
-    excluded = set(config.excluded_sections)
-    names = sentences.column("section").to_pylist()
-    if config.labeled_sections or sections is None:
-        wanted = set(config.labeled_sections)
-        return [n in wanted and n not in excluded for n in names]
-    cols = [
-        sections.column(c).to_pylist()
-        for c in ("report_id", "section_idx", "start", "end", "section", "is_labeled")
-    ]
-    rids = sentences.column("report_id").to_pylist()
-    if "section_idx" in sentences.column_names and "section_idx" in sections.column_names:
-        labeled_by_idx = {(rid, idx): bool(lab) for rid, idx, _, _, _, lab in zip(*cols, strict=True)}
-        idxs = sentences.column("section_idx").to_pylist()
-        return [
-            labeled_by_idx.get((rid, idx), False) and name not in excluded
-            for rid, idx, name in zip(rids, idxs, names, strict=True)
+
+    def __init__(self, sentence_columns: list[str], sections: pa.Table | None, config: ExtractConfig) -> None:
+        self.excluded = set(config.excluded_sections)
+        self.wanted: set[str] | None = None
+        self.labeled_idx: set[tuple[str, int]] | None = None
+        self.spans: dict[str, list[tuple[int, int, str, bool]]] = {}
+        if config.labeled_sections or sections is None:
+            self.wanted = set(config.labeled_sections)
+            return
+        if "section_idx" in sentence_columns and "section_idx" in sections.column_names:
+            # only the labeled sections, a few per report, whatever the number of sections
+            # ((report_id, section_idx) is the key of schemas/sections.yaml: unique)
+            labeled = sections.filter(pc.fill_null(sections.column("is_labeled"), False))
+            keys = (labeled.column(c).to_pylist() for c in ("report_id", "section_idx"))
+            self.labeled_idx = set(zip(*keys, strict=True))
+            return
+        cols = [
+            sections.column(c).to_pylist()
+            for c in ("report_id", "section_idx", "start", "end", "section", "is_labeled")
         ]
-    spans: dict[str, list[tuple[int, int, str, bool]]] = {}
-    for rid, _, start, end, name, labeled in zip(*cols, strict=True):
-        spans.setdefault(rid, []).append((start, end, name, bool(labeled)))
-    for v in spans.values():
-        v.sort()
-    flags = []
-    for rid, start, name in zip(rids, sentences.column("start").to_pylist(), names, strict=True):
-        secs = spans.get(rid, [])
-        # the section instance holding the sentence (a report may have two "impression" sections)
-        k = bisect.bisect_right(secs, (start, float("inf"))) - 1
-        if k >= 0 and secs[k][0] <= start < max(secs[k][1], secs[k][0] + 1) and secs[k][2] == name:
-            labeled = secs[k][3]
-        else:
-            labeled = any(s[3] for s in secs if s[2] == name)
-        flags.append(labeled and name not in excluded)
-    return flags
+        for rid, _, start, end, name, labeled in zip(*cols, strict=True):
+            self.spans.setdefault(rid, []).append((start, end, name, bool(labeled)))
+        for v in self.spans.values():
+            v.sort()
+
+    def __call__(self, sent: Mapping[str, list]) -> list[bool]:
+        """One flag per sentence of ``sent`` (Python columns of some sentences)."""
+        excluded = self.excluded
+        names = sent["section"]
+        if self.wanted is not None:
+            return [n in self.wanted and n not in excluded for n in names]
+        rids = sent["report_id"]
+        if self.labeled_idx is not None:
+            labeled_idx = self.labeled_idx
+            return [
+                (rid, idx) in labeled_idx and name not in excluded
+                for rid, idx, name in zip(rids, sent["section_idx"], names, strict=True)
+            ]
+        flags = []
+        for rid, start, name in zip(rids, sent["start"], names, strict=True):
+            secs = self.spans.get(rid, [])
+            # the section instance holding the sentence (a report may have two "impression" sections)
+            k = bisect.bisect_right(secs, (start, float("inf"))) - 1
+            if k >= 0 and secs[k][0] <= start < max(secs[k][1], secs[k][0] + 1) and secs[k][2] == name:
+                labeled = secs[k][3]
+            else:
+                labeled = any(s[3] for s in secs if s[2] == name)
+            flags.append(labeled and name not in excluded)
+        return flags
+
+
+def _reading_order(sentences: pa.Table, report_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows of ``sentences`` whose report is in ``report_ids``, in reading order (by report
+    as listed, then by ``sentence_idx``; a stable sort), and each such row's report rank."""
+    position = {rid: i for i, rid in enumerate(report_ids)}  # a repeated id: its last place
+    ranked = pa.array(sorted(position, key=position.__getitem__), pa.string())
+    rank = pc.fill_null(pc.index_in(sentences.column("report_id"), value_set=ranked), -1)
+    rank = np.asarray(rank.to_numpy(), dtype=np.int64)
+    rows = np.flatnonzero(rank >= 0)
+    sentence_idx = np.asarray(sentences.column("sentence_idx").to_numpy(), dtype=np.int64)[rows]
+    key = (rank[rows] << 32) + (sentence_idx + 2**31)  # sentence_idx is an int32
+    rows = rows[np.argsort(key, kind="stable")]
+    return rows, rank[rows]
 
 
 # Mention columns copied as they are from the engine's hits (offsets are made report-relative).
@@ -150,59 +183,37 @@ def extract(tables: Mapping[str, pa.Table], *, config: ExtractConfig) -> dict[st
     ``config.labeled_sections`` is set). Never mutates its
     inputs. Raises PipelineError(E_EXTRACT_INPUT) for a missing table or column, and
     PipelineError(E_LEXICON_INVALID) for a bad lexicon.
+
+    The sentences are read in one piece, or, when the partition holds a report longer than a
+    window, a window at a time (:mod:`pipeline.text.windows`): ``mentions`` then has one chunk
+    per window, and the same rows.
     """
     _check_inputs(tables, config)
     lexicon = load_lexicon(config.lexicon_dir)
     engine = load_engine(lexicon.source, config.cache_size)
     report_ids = tables["reports"].column("report_id").to_pylist()
-    sent = {c: tables["sentences"].column(c).to_pylist() for c in _REQUIRED["sentences"]}
-    labeled = _labeled_flags(tables["sentences"], tables.get("sections"), config)
+    sentences = tables["sentences"]
+    columns = [*_REQUIRED["sentences"], *(["section_idx"] if "section_idx" in sentences.column_names else [])]
+    sentences = sentences.select(columns)
+    labeled = _SectionFlags(columns, tables.get("sections"), config)
 
-    known = set(report_ids)
-    order = {rid: i for i, rid in enumerate(report_ids)}
-    rows = [i for i, rid in enumerate(sent["report_id"]) if rid in known]
-    if len(rows) != len(sent["report_id"]):
+    rows, rank = _reading_order(sentences, report_ids)
+    if len(rows) != sentences.num_rows:
         log.warning(
             "extract: %d sentences belong to no report of this partition; ignored",
-            len(sent["report_id"]) - len(rows),
+            sentences.num_rows - len(rows),
         )
-    rows.sort(key=lambda i: (order[sent["report_id"][i]], sent["sentence_idx"][i]))
-    hits = engine.analyse([sent["text"][i] for i in rows], batch_size=config.batch_size)
+    in_order = len(rows) == sentences.num_rows and bool(np.all(rows == np.arange(len(rows))))
+    lengths = np.asarray(pc.utf8_length(sentences.column("text")).to_numpy(), dtype=np.int64)[rows]
+    chunks: list[pa.Table] = []
+    with_sentences: set[str] = set()
+    for a, b in list(sentence_windows(rank, lengths)) or [(0, 0)]:
+        window = sentences.slice(a, b - a) if in_order else sentences.take(rows[a:b])
+        sent = {c: window.column(c).to_pylist() for c in columns}
+        with_sentences.update(sent["report_id"])
+        chunks.append(_mentions(sent, labeled(sent), engine, config))
+    mentions = chunks[0] if len(chunks) == 1 else pa.concat_tables(chunks)
 
-    cols: dict[str, list] = {
-        name: []
-        for name in (
-            "report_id",
-            "section",
-            "sentence_idx",
-            "start",
-            "end",
-            *_HIT_FIELDS,
-            "cue_start",
-            "cue_end",
-            "modifiers",
-            "in_labeled_section",
-        )
-    }
-    for i, sentence_hits in zip(rows, hits, strict=True):
-        base = sent["start"][i]
-        for h in sentence_hits:
-            cols["report_id"].append(sent["report_id"][i])
-            cols["section"].append(sent["section"][i])
-            cols["sentence_idx"].append(sent["sentence_idx"][i])
-            cols["start"].append(base + h.start)
-            cols["end"].append(base + h.end)
-            for name in _HIT_FIELDS:
-                cols[name].append(getattr(h, name))
-            cols["cue_start"].append(None if h.cue_start is None else base + h.cue_start)
-            cols["cue_end"].append(None if h.cue_end is None else base + h.cue_end)
-            cols["modifiers"].append(
-                [{"kind": k, "value": v, "start": base + a, "end": base + b} for k, v, a, b in h.modifiers]
-            )
-            cols["in_labeled_section"].append(labeled[i])
-    mentions = typed_table(cols, "mentions")
-
-    with_sentences = {sent["report_id"][i] for i in rows}
     labeled_ids = [rid for rid in report_ids if rid in with_sentences]
     rejected = [
         (rid, "no_sentences", "the parse stage found no sentence in this report")
@@ -223,3 +234,43 @@ def extract(tables: Mapping[str, pa.Table], *, config: ExtractConfig) -> dict[st
         "findings": findings,
         "rejects": conform(reject_table(STAGE, "labels", rejected), "rejects"),
     }
+
+
+def _mentions(
+    sent: Mapping[str, list], flags: list[bool], engine: TextEngine, config: ExtractConfig
+) -> pa.Table:
+    """The ``mentions`` of some sentences (Python columns in reading order; ``flags``: whether
+    each one's section counts), conformed to the schema."""
+    hits = engine.analyse(sent["text"], batch_size=config.batch_size)
+    cols: dict[str, list] = {
+        name: []
+        for name in (
+            "report_id",
+            "section",
+            "sentence_idx",
+            "start",
+            "end",
+            *_HIT_FIELDS,
+            "cue_start",
+            "cue_end",
+            "modifiers",
+            "in_labeled_section",
+        )
+    }
+    for i, sentence_hits in enumerate(hits):
+        base = sent["start"][i]
+        for h in sentence_hits:
+            cols["report_id"].append(sent["report_id"][i])
+            cols["section"].append(sent["section"][i])
+            cols["sentence_idx"].append(sent["sentence_idx"][i])
+            cols["start"].append(base + h.start)
+            cols["end"].append(base + h.end)
+            for name in _HIT_FIELDS:
+                cols[name].append(getattr(h, name))
+            cols["cue_start"].append(None if h.cue_start is None else base + h.cue_start)
+            cols["cue_end"].append(None if h.cue_end is None else base + h.cue_end)
+            cols["modifiers"].append(
+                [{"kind": k, "value": v, "start": base + a, "end": base + b} for k, v, a, b in h.modifiers]
+            )
+            cols["in_labeled_section"].append(flags[i])
+    return typed_table(cols, "mentions")

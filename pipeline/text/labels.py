@@ -10,13 +10,20 @@ No Finding. A report with no counted mention gets an all-blank row unless
 
 ``provenance`` lists, for every non-blank observation, the mentions with the deciding status (for
 No Finding 1.0: the counted mentions that were read and found non-positive).
+
+Both tables are folded over the mentions a window of rows at a time, keeping per report only the
+row numbers of the mentions it will cite; ``provenance`` is then taken from the mentions table in
+Arrow. So a report of a million mentions never becomes a million Python dicts.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from array import array
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core.schemas import conform, load_schema
 from pipeline.text.lexicon import NO_FINDING, OBSERVATIONS, SUPPORT_DEVICES
@@ -24,23 +31,19 @@ from pipeline.text.lexicon import NO_FINDING, OBSERVATIONS, SUPPORT_DEVICES
 VALUES: dict[str, float] = {"present": 1.0, "uncertain": -1.0, "absent": 0.0}
 # Precedence of statuses: present beats uncertain beats absent.
 RANK: dict[str, int] = {"present": 3, "uncertain": 2, "absent": 1}
-_MENTION_COLUMNS = (
-    "report_id",
-    "sentence_idx",
-    "start",
-    "finding",
-    "observation",
-    "status",
-    "cue",
-    "rule",
-    "in_labeled_section",
-)
+# what a provenance entry copies from its mention
+_PROVENANCE_FROM_MENTION = ("sentence_idx", "start", "finding", "status", "cue", "rule")
+_ROWS = 8_192  # counted mentions read into Python at a time
 
 
-def typed_table(columns: Mapping[str, list], name: str) -> pa.Table:
-    """Python columns to the exact Arrow types of dataset ``name``, then :func:`conform` checks."""
+def typed_table(columns: Mapping[str, list | pa.Array], name: str) -> pa.Table:
+    """Python columns (or Arrow arrays) to the exact Arrow types of dataset ``name``, then
+    :func:`conform` checks."""
     target = load_schema(name).arrow()
-    arrays = [pa.array(columns[f.name], type=f.type) for f in target]
+    arrays = [
+        col.cast(f.type) if isinstance(col := columns[f.name], pa.Array) else pa.array(col, type=f.type)
+        for f in target
+    ]
     return conform(pa.Table.from_arrays(arrays, schema=target), name)
 
 
@@ -53,30 +56,42 @@ def aggregate_status(statuses: Iterable[str]) -> str | None:
     return best
 
 
-def _rows(mentions: pa.Table) -> list[dict]:
-    cols = {c: mentions.column(c).to_pylist() for c in _MENTION_COLUMNS}
-    return [dict(zip(_MENTION_COLUMNS, values, strict=True)) for values in zip(*cols.values(), strict=True)]
+class _Tally:
+    """One report's counted mentions so far, as row numbers into ``mentions``: per observation the
+    best status and the rows with it; the rows No Finding would cite, until a mention blocks it."""
+
+    __slots__ = ("counted", "by_obs", "clear")
+
+    def __init__(self) -> None:
+        self.counted = False
+        self.by_obs: dict[str, tuple[str, array]] = {}
+        self.clear: array | None = array("q")  # None once a mention blocks No Finding
 
 
-def _counted_by_report(mentions: pa.Table) -> dict[str, list[dict]]:
-    out: dict[str, list[dict]] = {}
-    for row in _rows(mentions):
-        if row["in_labeled_section"]:
-            out.setdefault(row["report_id"], []).append(row)
-    return out
+def _counted(mentions: pa.Table, columns: tuple[str, ...]) -> Iterator[tuple[int, tuple]]:
+    """(row number, values of ``columns``) of each counted mention (``in_labeled_section``), in
+    table order; only ``_ROWS`` rows are Python objects at a time, whatever the table's size."""
+    flags = pc.fill_null(mentions.column("in_labeled_section"), False)
+    rows = np.flatnonzero(np.asarray(flags.to_numpy(zero_copy_only=False), dtype=bool))
+    table = mentions.select(list(columns))
+    for a in range(0, len(rows), _ROWS):
+        window = rows[a : a + _ROWS]
+        values = [table.column(c).take(window).to_pylist() for c in columns]
+        yield from zip(window.tolist(), zip(*values, strict=True), strict=True)
 
 
-def _prov(observation: str, value: float, m: dict) -> dict:
-    return {
-        "observation": observation,
-        "value": value,
-        "sentence_idx": m["sentence_idx"],
-        "start": m["start"],
-        "finding": m["finding"],
-        "status": m["status"],
-        "cue": m["cue"],
-        "rule": m["rule"],
-    }
+def _provenance(
+    mentions: pa.Table, rows: array, observations: list[str], values: list[float], offsets: list[int]
+) -> pa.Array:
+    """``labels.provenance``: list ``k`` holds entries ``offsets[k]:offsets[k + 1]``, entry ``i``
+    the mention at row ``rows[i]`` cited for ``observations[i]`` with ``values[i]``."""
+    target = load_schema("labels").arrow().field("provenance").type
+    taken = mentions.select(list(_PROVENANCE_FROM_MENTION)).take(np.frombuffer(rows, dtype=np.int64))
+    fields = {"observation": pa.array(observations, pa.string()), "value": pa.array(values, pa.float64())}
+    fields.update((c, taken.column(c).combine_chunks()) for c in _PROVENANCE_FROM_MENTION)
+    entry = target.value_type
+    struct = pa.StructArray.from_arrays([fields[f.name].cast(f.type) for f in entry], fields=list(entry))
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, type=target)
 
 
 def label_table(
@@ -92,43 +107,52 @@ def label_table(
     ``non_blocking`` names findings that never block No Finding (besides Support Devices).
     Raises PipelineError(E_SCHEMA_MISMATCH) if ``report_ids`` repeats an id.
     """
-    by_report = _counted_by_report(mentions)
-    columns: dict[str, list] = {"report_id": list(report_ids)}
+    non_blocking = frozenset(non_blocking)
+    tallies: dict[str, _Tally] = {}
+    for row, (rid, observation, status, finding) in _counted(
+        mentions, ("report_id", "observation", "status", "finding")
+    ):
+        tally = tallies.get(rid)
+        if tally is None:
+            tally = tallies[rid] = _Tally()
+        tally.counted = True
+        if observation is not None:
+            best = tally.by_obs.get(observation)
+            if best is None or RANK[status] > RANK[best[0]]:
+                tally.by_obs[observation] = (status, array("q", (row,)))
+            elif status == best[0]:
+                best[1].append(row)
+        if tally.clear is not None:
+            if status != "absent" and observation != SUPPORT_DEVICES and finding not in non_blocking:
+                tally.clear = None
+            elif observation != SUPPORT_DEVICES:
+                tally.clear.append(row)
+
+    columns: dict[str, list | pa.Array] = {"report_id": list(report_ids)}
     for obs in OBSERVATIONS:
         columns[obs] = []
-    columns["provenance"] = []
-    non_blocking = frozenset(non_blocking)
+    rows, cited_obs, cited_values, offsets = array("q"), [], [], [0]
     for rid in report_ids:
-        counted = by_report.get(rid, [])
-        provenance: list[dict] = []
-        by_obs: dict[str, list[dict]] = {}
-        blocked = False
-        for m in counted:
-            if m["observation"] is not None:
-                by_obs.setdefault(m["observation"], []).append(m)
-            if (
-                m["status"] != "absent"
-                and m["observation"] != SUPPORT_DEVICES
-                and m["finding"] not in non_blocking
-            ):
-                blocked = True
-        for obs in OBSERVATIONS[1:]:
-            group = by_obs.get(obs)
-            status = aggregate_status(m["status"] for m in group) if group else None
-            if status is None:
-                columns[obs].append(None)
-                continue
-            value = VALUES[status]
-            columns[obs].append(value)
-            provenance.extend(_prov(obs, value, m) for m in group if m["status"] == status)
-        if (counted or no_finding_without_mentions) and not blocked:
+        tally = tallies.get(rid) or _Tally()
+        if (tally.counted or no_finding_without_mentions) and tally.clear is not None:
             columns[NO_FINDING].append(1.0)
-            provenance[:0] = [
-                _prov(NO_FINDING, 1.0, m) for m in counted if m["observation"] != SUPPORT_DEVICES
-            ]
+            rows.extend(tally.clear)
+            cited_obs += [NO_FINDING] * len(tally.clear)
+            cited_values += [1.0] * len(tally.clear)
         else:
             columns[NO_FINDING].append(None)
-        columns["provenance"].append(provenance)
+        for obs in OBSERVATIONS[1:]:
+            best = tally.by_obs.get(obs)
+            if best is None:
+                columns[obs].append(None)
+                continue
+            value = VALUES[best[0]]
+            columns[obs].append(value)
+            rows.extend(best[1])
+            cited_obs += [obs] * len(best[1])
+            cited_values += [value] * len(best[1])
+        offsets.append(len(rows))
+    columns["provenance"] = _provenance(mentions, rows, cited_obs, cited_values, offsets)
     return typed_table(columns, "labels")
 
 
@@ -138,17 +162,22 @@ def findings_table(mentions: pa.Table, observation_of: Mapping[str, str | None])
     ``observation_of`` gives each finding's CheXpert observation (the lexicon's, not a mention's:
     a "lungs are clear" denial has no label but the opacity finding still has an observation).
     """
-    groups: dict[tuple[str, str], list[str]] = {}
-    for row in _rows(mentions):
-        if row["in_labeled_section"]:
-            groups.setdefault((row["report_id"], row["finding"]), []).append(row["status"])
+    groups: dict[tuple[str, str], list] = {}  # (report, finding) -> [best status, mentions]
+    for _, (rid, finding, status) in _counted(mentions, ("report_id", "finding", "status")):
+        group = groups.get((rid, finding))
+        if group is None:
+            groups[(rid, finding)] = [status, 1]
+            continue
+        group[1] += 1
+        if RANK[status] > RANK[group[0]]:
+            group[0] = status
     rids, finds, obs, statuses, counts = [], [], [], [], []
-    for (rid, finding), group in groups.items():
+    for (rid, finding), (status, n) in groups.items():
         rids.append(rid)
         finds.append(finding)
         obs.append(observation_of.get(finding))
-        statuses.append(aggregate_status(group))
-        counts.append(len(group))
+        statuses.append(status)
+        counts.append(n)
     return typed_table(
         {"report_id": rids, "finding": finds, "observation": obs, "status": statuses, "n_mentions": counts},
         "findings",

@@ -11,6 +11,10 @@ a letter or a digit), never both.
 Offsets are Python string indices (code points) into ``reports.text``; for every row
 ``text == report[start:end]``, with surrounding whitespace left out by moving offsets.
 
+Memory: a report longer than :data:`pipeline.text.windows.WINDOW_CHARS` (no real one is) has its
+sentences found as they are written and its rows turned into Arrow a window at a time, so the
+Python rows held never exceed a window; the outputs then have one chunk per window, same rows.
+
 Which sections are ``is_labeled`` (the section a CheXpert-style labeler reads), by default
 MIT-LCP's choice for the official MIMIC-CXR labels: the last impression; else the last findings;
 else the last paragraph; else the last comparison. A report with findings *and* impression has
@@ -24,13 +28,14 @@ from __future__ import annotations
 import functools
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import pyarrow as pa
 
 from pipeline.core.errors import PipelineError, did_you_mean, reject_table
 from pipeline.core.schemas import conform
+from pipeline.text import windows
 from pipeline.text.sections import (
     HeaderRules,
     load_headers,
@@ -42,6 +47,7 @@ from pipeline.text.sentences import (
     ABBREVIATIONS,
     AMBIGUOUS_ABBREVIATIONS,
     SentenceRules,
+    iter_sentences,
     split_sentences,
 )
 
@@ -172,14 +178,13 @@ def parse(tables: Mapping[str, pa.Table], *, config: ParseConfig) -> dict[str, p
     srules = _sentence_rules(
         config.abbreviations, config.ambiguous_abbreviations, config.short_line, config.max_sentence_chars
     )
-    sec: dict[str, list] = {
-        k: [] for k in ("report_id", "section_idx", "section", "header", "text", "start", "end", "is_labeled")
-    }
-    sen: dict[str, list] = {
-        k: [] for k in ("report_id", "section", "section_idx", "sentence_idx", "text", "start", "end")
-    }
+    sec = _Rows(
+        "sections", ("report_id", "section_idx", "section", "header", "text", "start", "end", "is_labeled")
+    )
+    sen = _Rows("sentences", ("report_id", "section", "section_idx", "sentence_idx", "text", "start", "end"))
     rejected: list[tuple[str, str, str | None]] = []
     dropped_spans = 0
+    limit = windows.WINDOW_CHARS
 
     for i, (rid, text) in enumerate(zip(ids, texts, strict=True)):
         if not text or text.isspace():
@@ -195,41 +200,75 @@ def parse(tables: Mapping[str, pa.Table], *, config: ParseConfig) -> dict[str, p
         sections, flags = mark_labeled(
             text, sections, policy=config.labeled, last_paragraph=last_paragraph[i]
         )
-        per_section = [split_sentences(text, s.start, s.end, srules) for s in sections]
-        if not any(per_section):
+        windowed = 0 < limit < len(text)
+        if windowed:
+            # sentences are found again as they are written, never held for the whole report
+            found = any(next(iter_sentences(text, s.start, s.end, srules), None) for s in sections)
+            per_section: Iterable[Iterable[tuple[int, int]]] = (
+                iter_sentences(text, s.start, s.end, srules) for s in sections
+            )
+        else:
+            per_section = [split_sentences(text, s.start, s.end, srules) for s in sections]
+            found = any(per_section)
+        if not found:
             rejected.append(
                 (rid, "no_sentences", f"{len(sections)} sections, no sentence with a letter or digit")
             )
             continue
         sentence_idx = 0
         for k, (s, flag, sents) in enumerate(zip(sections, flags, per_section, strict=True)):
-            sec["report_id"].append(rid)
-            sec["section_idx"].append(k)
-            sec["section"].append(s.name)
-            sec["header"].append(s.header)
-            sec["text"].append(text[s.start : s.end])
-            sec["start"].append(s.start)
-            sec["end"].append(s.end)
-            sec["is_labeled"].append(flag)
+            sec.add((rid, k, s.name, s.header, text[s.start : s.end], s.start, s.end, flag), s.end - s.start)
             for a, b in sents:
-                sen["report_id"].append(rid)
-                sen["section"].append(s.name)
-                sen["section_idx"].append(k)
-                sen["sentence_idx"].append(sentence_idx)
-                sen["text"].append(text[a:b])
-                sen["start"].append(a)
-                sen["end"].append(b)
+                sen.add((rid, s.name, k, sentence_idx, text[a:b], a, b), b - a)
                 sentence_idx += 1
+                if windowed and sen.chars + sec.chars >= limit:
+                    sec.flush()
+                    sen.flush()
+            if windowed and sec.chars >= limit:
+                sec.flush()
 
     if dropped_spans:
         log.warning(
             "parse: ignored %d known section spans outside their text or overlapping another", dropped_spans
         )
     return {
-        "sections": conform(_table(sec), "sections"),
-        "sentences": conform(_table(sen), "sentences"),
+        "sections": sec.table(),
+        "sentences": sen.table(),
         "rejects": reject_table(STAGE, "sections", rejected),
     }
+
+
+class _Rows:
+    """The rows of one output, turned into conformed Arrow chunks by :meth:`flush` (once per
+    window on a long report, see :mod:`pipeline.text.windows`; else once, at the end)."""
+
+    def __init__(self, dataset: str, columns: tuple[str, ...]) -> None:
+        self.dataset = dataset
+        self.names = columns
+        self.rows: list[tuple] = []
+        self.chunks: list[pa.Table] = []
+        self.chars = 0  # characters of text held in the rows
+
+    def add(self, row: tuple, chars: int) -> None:
+        self.rows.append(row)
+        self.chars += chars
+
+    def flush(self) -> None:
+        if self.rows:
+            self.chunks.append(self._conformed())
+
+    def table(self) -> pa.Table:
+        """Every row added, in order: one chunk per flush (an unwindowed partition has one)."""
+        if not self.chunks or self.rows:
+            self.chunks.append(self._conformed())
+        return self.chunks[0] if len(self.chunks) == 1 else pa.concat_tables(self.chunks)
+
+    def _conformed(self) -> pa.Table:
+        columns = zip(*self.rows, strict=True) if self.rows else ([] for _ in self.names)
+        table = conform(_table(dict(zip(self.names, map(list, columns), strict=True))), self.dataset)
+        self.rows = []
+        self.chars = 0
+        return table
 
 
 _TYPES = {

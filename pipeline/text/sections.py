@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -53,6 +54,8 @@ _LINE_BODY = (
 _LINES = re.compile(r"\n" + _LINE_BODY)
 _FIRST_LINE = re.compile(_LINE_BODY)
 _BLANK_LINE = re.compile(r"\n[ \t]*\n")
+_NON_SPACE = re.compile(r"\S")
+_TAIL = 256  # characters of a span's end read at a time to strip it
 _WINDOW = 120  # how far before a colon a line start or an inline header is looked for
 
 
@@ -213,7 +216,11 @@ def classify(header: str, rules: HeaderRules, *, unknown: str, upper_ok: bool) -
 def find_events(
     text: str, lo: int, hi: int, rules: HeaderRules, *, unknown: str, inline: bool, upper_ok: bool
 ) -> list[_Event]:
-    """Headers, separators and banners in ``text[lo:hi]``, in order."""
+    """Headers, separators and banners in ``text[lo:hi]``, in order.
+
+    Header texts are interned: reports run together repeat a few headers hundreds of thousands
+    of times, and each section keeps its header.
+    """
     events: list[_Event] = []
     # Colon-driven: every header ends in a colon, and colons are few.
     p = text.find(":", lo, hi)
@@ -227,14 +234,14 @@ def find_events(
             if m is not None:
                 name = classify(m.group(1), rules, unknown=unknown, upper_ok=upper_ok)
                 if name is not None:
-                    events.append(_Event(m.start(1), p + 1, name, m.group(1).strip()))
+                    events.append(_Event(m.start(1), p + 1, name, sys.intern(m.group(1).strip())))
                     found = True
         if not found and inline and rules.inline:
             m = rules.inline_tail.search(text, max(lo, p - 40), p)
             # Mid-line, a lower-case "findings:" after a word is prose ("with these findings:");
             # after a sentence end, or in upper case in a mixed-case report, it is a header.
             if m is not None and (m.group("punct") or (upper_ok and m.group("name").isupper())):
-                header = m.group("name")
+                header = sys.intern(m.group("name"))
                 events.append(_Event(m.start("name"), p + 1, rules.spellings[normalise(header)], header))
         p = text.find(":", p + 1, hi)
     # Line-driven: separators, banners, and a listed upper-case header alone on its line.
@@ -249,20 +256,31 @@ def find_events(
         if key in rules.banners:
             line_events.append(_Event(m.start("solo"), m.end(), None, None))
         elif solo.isupper() and key in rules.spellings:
-            line_events.append(_Event(m.start("solo"), m.end(), rules.spellings[key], solo.strip()))
+            line_events.append(
+                _Event(m.start("solo"), m.end(), rules.spellings[key], sys.intern(solo.strip()))
+            )
     if line_events:
         events = sorted(events + line_events, key=lambda e: e.start)
     return events
 
 
 def strip_span(text: str, start: int, end: int) -> tuple[int, int]:
-    """``[start, end)`` narrowed past surrounding whitespace (``end == start`` when blank)."""
-    seg = text[start:end]
-    body = seg.strip()
-    if not body:
+    """``[start, end)`` narrowed past surrounding whitespace (``end == start`` when blank).
+
+    Whitespace as ``str.strip`` sees it (``\\S`` is its complement), found without copying the
+    span: a section may be megabytes long, and the sentence splitter calls this on every piece.
+    """
+    m = _NON_SPACE.search(text, start, end)
+    if m is None:
         return start, start
-    left = len(seg) - len(seg.lstrip())
-    return start + left, start + left + len(body)
+    left = m.start()
+    while end > left:  # back over trailing whitespace, a bounded slice at a time
+        lo = max(left, end - _TAIL)
+        tail = text[lo:end].rstrip()
+        if tail:
+            return left, lo + len(tail)
+        end = lo
+    return left, end  # pragma: no cover - text[left] is not whitespace
 
 
 def split_free_text(

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pipeline.text.sections import strip_span
@@ -144,7 +145,12 @@ def _emit(out: list[tuple[int, int]], text: str, a: int, b: int, max_chars: int)
 
 def split_sentences(text: str, start: int, end: int, rules: SentenceRules) -> list[tuple[int, int]]:
     """Sentence spans of ``text[start:end]``: in order, non-overlapping, stripped, inside the span."""
-    out: list[tuple[int, int]] = []
+    return list(iter_sentences(text, start, end, rules))
+
+
+def iter_sentences(text: str, start: int, end: int, rules: SentenceRules) -> Iterator[tuple[int, int]]:
+    """The spans of :func:`split_sentences`, one at a time: a megabyte section never becomes a list."""
+    out: list[tuple[int, int]] = []  # the spans of one event (a cut sentence gives several)
     window = rules.window
     unpunctuated = _SENTENCE_PUNCT.search(text, start, end) is None
     cur, num = _skip(text, start, end, None)
@@ -189,6 +195,9 @@ def split_sentences(text: str, start: int, end: int, rules: SentenceRules) -> li
         elif _line_breaks(text, p, end, rules, unpunctuated):
             _emit(out, text, cur, p, rules.max_chars)
             cur, num = _skip(text, p + 1, end, num)
+        if out:
+            yield from out
+            out.clear()
     if cur < end:
         _emit(out, text, cur, end, rules.max_chars)
-    return out
+    yield from out
