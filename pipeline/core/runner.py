@@ -727,8 +727,8 @@ class CorpusContext:
         marker = self.store.read_json(self.store.marker_path(self.stage.name, index))
         if not marker or marker.get("fingerprint") != self.fingerprint or self.runner.force:
             return False
-        if not all(self.store.fs.exists(self.store.part_path(d, index)) for d in marker["rows"]):
-            return False  # a file of the part was deleted by hand: redo it
+        if not self.runner._has_files(self.stage, marker, index):
+            return False
         self.markers[index] = marker
         self.done_before += 1
         return True
