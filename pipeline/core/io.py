@@ -147,12 +147,31 @@ class Store:
         self._commit(tmp, path)
         return table.num_rows
 
+    def read_parquet(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        """One Parquet file of the run as a table.
+
+        Never a Python file object for pyarrow: a threaded read of one finishes tearing down on
+        Arrow's I/O threads after returning, and freeing its Python buffers there needs the GIL.
+        Near interpreter exit CPython ends such a thread with ``pthread_exit``, whose unwinding
+        through C++ aborts the process ("terminate called without an active exception", exit
+        134; apache/arrow#33975). A local file goes to Arrow by path; a remote one is fetched into
+        memory Arrow owns. ``ParquetFile``, not ``pq.read_table``: the latter imports
+        pyarrow.dataset, most of a second at every process start.
+        """
+        if self.local:
+            source: Any = path
+        else:
+            data = self.fs.cat_file(path)
+            source = pa.allocate_buffer(len(data))
+            pa.FixedSizeBufferWriter(source).write(data)
+        with pq.ParquetFile(source) as pf:
+            return pf.read(columns=columns)
+
     def read_part(self, dataset: str, index: int, *, stage: str | None = None) -> pa.Table:
         """Read one part, checking its schema stamp. Raises PipelineError when missing or stale."""
         path = self.part_path(dataset, index, stage)
         try:
-            with self.fs.open(path, "rb") as fh:
-                table = pq.read_table(fh)
+            table = self.read_parquet(path)
         except FileNotFoundError as exc:
             raise PipelineError(
                 "E_INPUT_MISSING", f"{path} is missing; rerun the stage that writes {dataset}."
@@ -201,10 +220,7 @@ def read_dataset(out: str, dataset: str, columns: list[str] | None = None) -> pa
     files = store.dataset_files(dataset)
     if not files:
         raise PipelineError("E_INPUT_MISSING", f"no {dataset} under {out}; run a DAG that produces it.")
-    tables = []
-    for path in files:
-        with store.fs.open(path, "rb") as fh:
-            tables.append(pq.read_table(fh, columns=columns))
+    tables = [store.read_parquet(path, columns) for path in files]
     return pa.concat_tables(tables, promote_options="default")
 
 

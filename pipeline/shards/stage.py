@@ -136,8 +136,7 @@ def _scan(store: Store, dataset: str, columns: list[str], *, with_part: bool = F
     else:  # a remote run folder: read through fsspec (Polars' own cloud readers need other options)
         tables = []
         for path in files:
-            with store.fs.open(path, "rb") as fh:
-                table = pq.read_table(fh, columns=columns)
+            table = store.read_parquet(path, columns)
             tables.append(table.append_column("_file", pa.array([path] * table.num_rows)))
         frame = pl.from_arrow(pa.concat_tables(tables)).lazy()  # type: ignore[union-attr]
     if with_part:
@@ -447,8 +446,7 @@ def _shard(
 def _rejects(out: str, fingerprint: str, token: str, index: int) -> dict[str, Any]:
     """Worker task: the plan's rejects as the stage's last part (it writes no shard)."""
     store = Store(out)
-    with store.fs.open(_staging(store, f"{token}-rejects.parquet"), "rb") as fh:
-        rejects = pq.read_table(fh)
+    rejects = store.read_parquet(_staging(store, f"{token}-rejects.parquet"))
     return commit_corpus_part(out, STAGE, index, {"rejects": rejects}, fingerprint, rejects.num_rows, 0)
 
 

@@ -271,8 +271,7 @@ def _prepare(out: str, config: SimilarityConfig, token: str) -> dict[str, Any]:
 def _load(out: str, config: SimilarityConfig, token: str) -> Searcher:
     """The index written by :func:`_prepare`, loaded once per worker (one cached run)."""
     store = Store(out)
-    with store.fs.open(_staging(store, f"{token}-index.parquet"), "rb") as fh:
-        table = pq.read_table(fh)
+    table = store.read_parquet(_staging(store, f"{token}-index.parquet"))
 
     def array(name: str) -> np.ndarray:
         with store.fs.open(_staging(store, f"{token}-{name}.npy"), "rb") as fh:
