@@ -12,12 +12,19 @@ Examples::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import shlex
+import signal
+import socket
 import sys
+import tempfile
+import threading
 import time
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 from rich.console import Console
 from rich.progress import (
@@ -30,10 +37,12 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from pipeline.core.cluster import lazy_client
 from pipeline.core.config import RunConfig, compose_run
 from pipeline.core.dag import Dag, build_dag, load_dag
 from pipeline.core.errors import PipelineError
-from pipeline.core.runner import Runner, StageReport, dask_client
+from pipeline.core.lock import local_root, run_lock
+from pipeline.core.runner import Runner, StageReport
 
 log = logging.getLogger("pipeline")
 
@@ -183,46 +192,211 @@ def check_inputs(dag: Dag, runner: Runner) -> None:
             )
 
 
-def run(cfg: RunConfig, console: Console | None = None) -> list[StageReport]:
-    """Run the configured DAG or stage; returns one report per stage. Raises PipelineError."""
+def local_threads(cfg: RunConfig) -> int | None:
+    """Worker threads of the local cluster a run would start (None for a scheduler's address:
+    ask it), so that sizing parts starts no cluster."""
+    if cfg.cluster.address:
+        return None
+    return max(1, cfg.cluster.n_workers * cfg.cluster.threads_per_worker)
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C during a run, raised once the cluster is closed: what had finished, what was running."""
+
+    def __init__(self, finished: list[StageReport], running: str | None) -> None:
+        super().__init__()
+        self.finished = finished
+        self.running = running
+
+
+def run(cfg: RunConfig, console: Console | None = None, *, command: str | None = None) -> list[StageReport]:
+    """Run the configured DAG or stage; returns one report per stage.
+
+    Takes the run folder's lock first (``command`` is what a second run is told holds it). Raises
+    PipelineError (E_RUN_LOCKED when another run holds ``out``), RunInterrupted on Ctrl-C.
+    """
     console = console or Console(stderr=True)
     dag = select_dag(cfg)
     if not cfg.stage:
         build_dag(dag.name, [s.name for s in dag.stages], from_run=dag.from_run)  # before any work
     configs = {s.name: cfg.stage_config(s.name) for s in dag.stages}
-    with dask_client(cfg.cluster) as client:
-        if cfg.progress and console.is_terminal:
-            with RichProgress(console) as progress:
-                runner = Runner(cfg.out, client, progress=progress, force=cfg.force)
-                check_inputs(dag, runner)
-                return runner.run_dag(dag, configs)
-        runner = Runner(cfg.out, client, force=cfg.force)
-        check_inputs(dag, runner)
-        return runner.run_dag(dag, configs)
+    reports: list[StageReport] = []
+    running: str | None = None
+    previous_sigint = signal.getsignal(signal.SIGINT)
+    try:
+        with run_lock(cfg.out, command), lazy_client(cfg.cluster) as holder:
+            try:
+                progress = RichProgress(console) if cfg.progress and console.is_terminal else None
+                with progress or contextlib.nullcontext():
+                    # A callable: the cluster starts when a stage first needs it, so a run
+                    # with every stage up to date starts none.
+                    runner = Runner(
+                        cfg.out, holder.get, progress=progress, force=cfg.force, workers=local_threads(cfg)
+                    )
+                    check_inputs(dag, runner)
+                    for stage in dag.stages:
+                        running = stage.name
+                        reports.append(runner.run_stage(stage, configs[stage.name]))
+                    running = None
+            except KeyboardInterrupt:
+                # A second Ctrl-C must not cut the cluster's teardown short (orphaned workers).
+                if threading.current_thread() is threading.main_thread():
+                    signal.signal(signal.SIGINT, signal.SIG_IGN)
+                raise RunInterrupted(reports, running) from None
+    finally:
+        if signal.getsignal(signal.SIGINT) is not previous_sigint:
+            signal.signal(signal.SIGINT, previous_sigint)
+    return reports
+
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class RunLog:
+    """The CLI's log file: ``pipeline`` messages from INFO up (whatever ``log_level`` shows on
+    the terminal) and the traceback of an internal error. ``<out>/_logs/run-<UTC>-<pid>.log``,
+    or a temporary file when ``out`` is not a local folder."""
+
+    def __init__(self) -> None:
+        self.path: str | None = None
+        self._file: logging.Handler | None = None
+        self._handlers: list[logging.Handler] = []
+        self._levels: list[tuple[logging.Logger, int]] = []
+
+    def start(self, cfg: RunConfig, command: str) -> None:
+        """Attach the terminal and file handlers. Raises PipelineError for an unknown log_level."""
+        level = logging.getLevelNamesMapping().get(cfg.log_level.upper())
+        if level is None:
+            raise PipelineError(
+                "E_CONFIG_VALUE",
+                f"unknown log_level {cfg.log_level!r}: choose DEBUG, INFO, WARNING or ERROR.",
+            )
+        root, pipeline_log = logging.getLogger(), logging.getLogger("pipeline")
+        self._levels = [(root, root.level), (pipeline_log, pipeline_log.level)]
+        if not root.handlers:  # as logging.basicConfig: leave a host's own handlers alone
+            terminal = logging.StreamHandler()
+            terminal.setLevel(level)
+            terminal.setFormatter(logging.Formatter(LOG_FORMAT))
+            root.addHandler(terminal)
+            self._handlers.append(terminal)
+        root.setLevel(level)
+        pipeline_log.setLevel(min(level, logging.INFO))
+        root_dir = local_root(cfg.out)
+        folder = None if root_dir is None else os.path.join(root_dir, "_logs")
+        self._open(folder, min(level, logging.INFO))
+        if self.path is not None and (
+            folder is None or os.path.dirname(self.path) != os.path.abspath(folder)
+        ):
+            why = "is not a local folder" if folder is None else "cannot be written"
+            log.warning("out=%s %s: this run's log is %s", cfg.out, why, self.path)
+        log.info("command: %s", command)
+        log.info("host %s, pid %d, out %s", socket.gethostname(), os.getpid(), cfg.out)
+
+    def _open(self, folder: str | None, level: int) -> None:
+        name = f"run-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}-{os.getpid()}.log"
+        for where in (folder, os.path.join(tempfile.gettempdir(), "clip2clinic-logs")):
+            if where is None:
+                continue
+            try:
+                os.makedirs(where, exist_ok=True)
+                handler = logging.FileHandler(os.path.join(where, name), encoding="utf-8")
+            except OSError:
+                continue  # a read-only out: the temporary folder
+            handler.setLevel(level)
+            handler.setFormatter(logging.Formatter(LOG_FORMAT))
+            logging.getLogger().addHandler(handler)
+            self._handlers.append(handler)
+            self._file, self.path = handler, handler.baseFilename
+            return
+
+    def record_crash(self, exc: BaseException, command: str) -> str:
+        """Write ``exc``'s traceback to the log file only (not the terminal); returns its path."""
+        if self._file is None:
+            self._open(None, logging.INFO)
+        if self._file is None or self.path is None:
+            return "(none: no folder for one could be written)"
+        self._file.handle(
+            logging.LogRecord(
+                log.name,
+                logging.ERROR,
+                __file__,
+                0,
+                "internal error in: %s",
+                (command,),
+                (type(exc), exc, exc.__traceback__),
+            )
+        )
+        return self.path
+
+    def close(self) -> None:
+        root = logging.getLogger()
+        for handler in self._handlers:
+            root.removeHandler(handler)
+            handler.close()
+        for logger, level in self._levels:
+            logger.setLevel(level)
+
+
+def interrupted_message(exc: RunInterrupted) -> str:
+    finished = ", ".join(f"{r.stage} ({r.status})" for r in exc.finished) or "none"
+    during = f" during stage {exc.running}" if exc.running else ""
+    return (
+        f"interrupted{during}; stages finished: {finished}. "
+        "Rerun the same command to resume: finished stages and parts are kept."
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """CLI entry point; returns the exit code (0 ok, 2 for a structural problem)."""
+    """CLI entry point; returns the exit code: 0 done, 2 a problem the user can fix (a coded
+    PipelineError), 130 interrupted (Ctrl-C), 1 an internal error (a bug: the traceback is in the
+    run's log file, the terminal gets one line)."""
     args = list(sys.argv[1:] if argv is None else argv)
     err = Console(stderr=True)
     if args and args[0] in ("-h", "--help"):
         print(__doc__)
         return 0
+    command = shlex.join(["python", "-m", "pipeline.run", *args])
+    run_log = RunLog()
     try:
         cfg = compose_run(args)
-        logging.basicConfig(level=cfg.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        run_log.start(cfg, command)
         started = time.perf_counter()
-        reports = run(cfg, err)
+        reports = run(cfg, err, command=command)
+        seconds = time.perf_counter() - started
+        console = Console()
+        console.print(summary_table(reports, seconds, cfg.out))
+        if any(r.stage == "agreement" for r in reports) and (table := agreement_table(cfg.out)) is not None:
+            console.print(table)
+        if any(r.stage == "evaluate" for r in reports) and (table := evaluation_table(cfg.out)) is not None:
+            console.print(table)
+        log.info("done in %.1f s: %s", seconds, ", ".join(f"{r.stage} {r.status}" for r in reports))
+        return 0
     except PipelineError as exc:
+        log.info("stopped: [%s] %s", exc.code, exc.message)
         err.print(f"[bold red]error[/] [{exc.code}] {exc.message}", highlight=False)
         return 2
-    console = Console()
-    console.print(summary_table(reports, time.perf_counter() - started, cfg.out))
-    if any(r.stage == "agreement" for r in reports) and (table := agreement_table(cfg.out)) is not None:
-        console.print(table)
-    if any(r.stage == "evaluate" for r in reports) and (table := evaluation_table(cfg.out)) is not None:
-        console.print(table)
-    return 0
+    except RunInterrupted as exc:
+        log.info("%s", interrupted_message(exc))
+        err.print(interrupted_message(exc), markup=False, highlight=False, soft_wrap=True)
+        return 130
+    except KeyboardInterrupt:
+        err.print(
+            "interrupted. Rerun the same command to resume: finished stages and parts are kept.",
+            markup=False,
+            highlight=False,
+        )
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every other exception is a bug: one line, then the log
+        path = run_log.record_crash(exc, command)
+        err.print(
+            f"internal error ({type(exc).__name__}: {exc}), please report it with the log file {path}",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        return 1
+    finally:
+        run_log.close()
 
 
 if __name__ == "__main__":
