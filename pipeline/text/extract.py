@@ -17,15 +17,14 @@ from __future__ import annotations
 import bisect
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.errors import PipelineError, reject_table
-from pipeline.core.registry import CONTENT
 from pipeline.core.schemas import conform
+from pipeline.text.config import INDICATION_SECTIONS, ExtractConfig  # noqa: F401 (re-exported)
 from pipeline.text.labels import findings_table, label_table, typed_table
 from pipeline.text.lexicon import load_lexicon
 from pipeline.text.nlp import TextEngine, load_engine
@@ -34,38 +33,6 @@ from pipeline.text.windows import sentence_windows
 log = logging.getLogger(__name__)
 
 STAGE = "extract"
-INDICATION_SECTIONS: tuple[str, ...] = (
-    "indication",
-    "history",
-    "clinical_history",
-    "reason",
-    "reason_for_exam",
-    "reason_for_study",
-    "clinical_information",
-    "clinical_indication",
-)
-
-
-@dataclass(frozen=True)
-class ExtractConfig:
-    """Config of the extract stage.
-
-    labeled_sections: section names whose mentions count toward labels; empty (default) means
-        the sections the parse stage marked ``is_labeled``.
-    excluded_sections: section names that never count, whatever the above says.
-    no_finding_without_mentions: give No Finding 1.0 to a report with no counted mention (the
-        CheXpert labeler's behaviour); default False: such a report's row is all blank.
-    lexicon_dir: a lexicon folder in the bundled format (None: the bundled lexicon).
-    cache_size: distinct sentence texts memoised per process.
-    batch_size: ``nlp.pipe`` batch size.
-    """
-
-    labeled_sections: tuple[str, ...] = ()
-    excluded_sections: tuple[str, ...] = INDICATION_SECTIONS
-    no_finding_without_mentions: bool = False
-    lexicon_dir: str | None = field(default=None, metadata={CONTENT: True})
-    cache_size: int = 100_000
-    batch_size: int = 256
 
 
 _REQUIRED = {

@@ -9,22 +9,12 @@ written as ``hardneg_readings.observed``, one canonical string per text (sorted
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 
 import pyarrow as pa
 
-from pipeline.core.registry import CONTENT
 from pipeline.core.schemas import conform, load_schema
+from pipeline.text.config import RereadConfig
 from pipeline.text.nlp import load_engine
-
-
-@dataclass(frozen=True)
-class RereadConfig:
-    """lexicon_dir: the lexicon folder extract used (None: the bundled one); set both alike."""
-
-    lexicon_dir: str | None = field(default=None, metadata={CONTENT: True})
-    cache_size: int = 100_000
-    batch_size: int = 256
 
 
 def reread(tables: Mapping[str, pa.Table], *, config: RereadConfig) -> dict[str, pa.Table]:
