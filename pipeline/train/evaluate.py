@@ -167,7 +167,7 @@ def load_model(
     ``untrained``: the same architecture, tokenizer and seed with the weights it started from
     (the pretrained text tower when its config had one), the reference a trained model must beat.
     The tokenizer is the training folder's ``tokenizer/``. Raises ValueError for an unreadable
-    checkpoint or a training folder without its tokenizer.
+    checkpoint, weights that do not fit its config, or a training folder without its tokenizer.
     """
     file = resolve_checkpoint(path)
     data = ckpt.load(file)
@@ -193,7 +193,7 @@ def load_model(
         text, tokenizer = build_text_tower(text_cfg, tokenizer_dir=tokenizer_dir, texts=None)
         model = CLIPModel(model_cfg, text=text, concepts=int(data["concepts"]), channels=config.data.channels)
     if not untrained:
-        model.load_state_dict(data["model"])
+        model.load_weights(data["model"], source=str(file))
     model.to(device).eval()
     info = {
         "file": str(file),

