@@ -14,6 +14,7 @@ few seconds of set-up once. :meth:`TextEngine.analyse` turns sentence texts into
 from __future__ import annotations
 
 import functools
+import gc
 import re
 import warnings
 from collections.abc import Iterable, Sequence
@@ -702,4 +703,11 @@ def _nlp(source: str) -> Language:
 
 @functools.cache
 def _engine(source: str, cache_size: int) -> TextEngine:
-    return TextEngine(_nlp(source), load_lexicon(source), cache_size)
+    engine = TextEngine(_nlp(source), load_lexicon(source), cache_size)
+    # The engine holds about 270,000 long-lived objects (spaCy's vocabulary and matchers, the
+    # lexicon) that every full collection would traverse again, a quarter of a second each time:
+    # in a worker, 16% of extract. Freezing moves what the process holds now out of the
+    # collector's reach for good (collected first, so no garbage is kept).
+    gc.collect()
+    gc.freeze()
+    return engine
