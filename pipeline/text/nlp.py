@@ -66,6 +66,23 @@ class MentionHit(NamedTuple):
     modifiers: tuple[tuple[str, str, int, int], ...] = ()
 
 
+class DocText:
+    """A doc's text, lower-cased text and (on first use) its tokens' lower forms, computed once
+    for the matchers that read them."""
+
+    __slots__ = ("_lowers", "lower", "text")
+
+    def __init__(self, doc: Doc) -> None:
+        self.text = doc.text
+        self.lower = self.text.lower()
+        self._lowers: list[str] | None = None
+
+    def token_lowers(self, doc: Doc) -> list[str]:
+        if self._lowers is None:
+            self._lowers = [t.lower_ for t in doc]
+        return self._lowers
+
+
 class _Matchers:
     """A PhraseMatcher for plain terms plus a prefix matcher for ``prefix*`` terms, string keys.
 
@@ -104,15 +121,17 @@ class _Matchers:
         if phrases:
             self.phrase.add(key, phrases)
 
-    def __call__(self, doc: Doc) -> list[tuple[int, int, int]]:
+    def __call__(self, doc: Doc, text: DocText) -> list[tuple[int, int, int]]:
+        """Matches (key id, start token, end token); ``text``: the doc's text, shared by callers
+        (``doc.text`` joins every token again at each call)."""
         matches = self.phrase(doc)
-        if "/" in doc.text:
-            matches += self._slash_compounds(doc, {(s, e) for _, s, e in matches})
+        if "/" in text.text:
+            matches += self._slash_compounds(text.token_lowers(doc), {(s, e) for _, s, e in matches})
         prefixes = self.prefixes
-        if self.prefix_re is None or not self.prefix_re.search(doc.text.lower()):
+        if self.prefix_re is None or not self.prefix_re.search(text.lower):
             return matches
-        for i, token in enumerate(doc):
-            low = token.lower_
+        lowers = text.token_lowers(doc)
+        for i, low in enumerate(lowers):
             if not low.startswith(prefixes):
                 continue
             for prefix, entries in self.by_prefix.items():
@@ -120,22 +139,22 @@ class _Matchers:
                     continue
                 for key_id, before in entries:
                     start = i - len(before)
-                    if start >= 0 and all(doc[start + k].lower_ == w for k, w in enumerate(before)):
+                    if start >= 0 and all(lowers[start + k] == w for k, w in enumerate(before)):
                         matches.append((key_id, start, i + 1))
         return matches
 
-    def _slash_compounds(self, doc: Doc, found: set[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    def _slash_compounds(self, lowers: list[str], found: set[tuple[int, int]]) -> list[tuple[int, int, int]]:
         """ "a/b c": the term "a c" over the whole compound, or over "a" alone when "b c" is a term
-        too ("pleural/pericardial effusion": both effusions)."""
+        too ("pleural/pericardial effusion": both effusions). ``lowers``: the tokens, lower-cased."""
         out = []
-        for i in range(1, len(doc) - 2):
-            if doc[i].text != "/":
+        for i in range(1, len(lowers) - 2):
+            if lowers[i] != "/":
                 continue
             for k in range(1, 4):
                 end = i + 2 + k
-                if end > len(doc):
+                if end > len(lowers):
                     break
-                key_id = self.by_tokens.get((doc[i - 1].lower_, *(t.lower_ for t in doc[i + 2 : end])))
+                key_id = self.by_tokens.get((lowers[i - 1], *lowers[i + 2 : end]))
                 if key_id is not None:
                     out.append((key_id, i - 1, i if (i + 1, end) in found else end))
         return out
@@ -173,10 +192,11 @@ class LexiconMatcher:
 
     def __call__(self, doc: Doc) -> Doc:
         strings = doc.vocab.strings
-        spans = [Span(doc, s, e, label=m) for m, s, e in self.ents(doc)]
+        text = DocText(doc)
+        spans = [Span(doc, s, e, label=m) for m, s, e in self.ents(doc, text)]
         doc.ents = filter_spans(spans)
         by_kind: dict[str, list[tuple[str, int, int]]] = {}
-        for m, s, e in self.aux(doc):
+        for m, s, e in self.aux(doc, text):
             key = strings[m]
             by_kind.setdefault(key[0] if key[0] != "M" else key[: key.index("|", 2)], []).append((key, s, e))
         aux: list[tuple[str, int, int]] = []
