@@ -9,7 +9,8 @@ is split into (each step's fastest of ``repeat`` timings):
 
 * **tokenizer, lexicon matcher, negation, uncertainty**: each spaCy step timed alone on exactly the
   texts the engine sent to spaCy in that run, in pipeline order; the lexicon matcher's own
-  PhraseMatcher calls are shown apart from the rest of it (spans, ``doc.ents``, overlap removal);
+  PhraseMatcher calls are shown apart from the rest of it (prefix terms, slash compounds, overlap
+  removal);
 * **mentions (our Python)**: ``TextEngine._mentions`` on those docs (cues, anatomy, qualifiers,
   statuses);
 * **engine, rest**: the rest of ``TextEngine.analyse`` (memo, word pre-check, header masking);

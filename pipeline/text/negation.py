@@ -1,23 +1,28 @@
 """Negation and uncertainty with negspacy's NegEx, plus the cue that decided each status.
 
 negspacy's ``Negex`` only sets a boolean on each entity. :class:`CueNegex` keeps its termset
-handling (phrase matcher, pseudo-negation filtering, termination boundaries, the boolean extension)
-and also records which cue fired, so every mention carries a ``cue`` and a stable ``rule`` id
+handling (phrase matcher, pseudo-negation filtering, termination boundaries) and records which cue
+fired, so every mention carries a ``cue`` and a stable ``rule`` id
 (``neg.preceding.no``, ``unc.following.cannot_be_excluded``). Two instances run: one with the
 negation termset, one with the uncertainty termset (both from the lexicon data files).
 
 Docs reaching these components are single sentences (the extract stage feeds sentences), so the
 only boundaries are the termination phrases ("but", "however", ";").
+
+Entities are :class:`Ent` tuples in ``doc.user_data[ENTS_KEY]`` (the lexicon matcher puts them
+there), and the decisions go to ``doc.user_data``, not to spaCy ``Span`` objects and their ``._``
+extensions: building those for every entity, several times per doc, cost more than the matching.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from negspacy.negation import Negex
 from spacy.language import Language
-from spacy.tokens import Doc, Span
+from spacy.tokens import Doc
 
 # how many tokens may stand between a finding and the "or"/"versus" that joins it to another
 ALTERNATIVE_GAP = 3
@@ -53,6 +58,24 @@ _SITE_WORDS = frozenset(
 _DEVICE_PARTS = frozenset({"tip", "tips", "end", "ends"})
 _CONJUNCTIONS = frozenset({"and", "or", "nor", "and/or"})
 _PUNCT_NAMES = {"?": "question_mark", ";": "semicolon", ":": "colon", ".": "period", ",": "comma"}
+ENTS_KEY = "c2c_ents"
+
+
+class Ent(NamedTuple):
+    """An entity of a doc in token offsets (``label_`` as spaCy's ``Span`` calls it)."""
+
+    label_: str
+    start: int
+    end: int
+
+
+def doc_ents(doc: Doc) -> list[Ent]:
+    """The doc's entities in token order: ``doc.user_data[ENTS_KEY]`` when a component put them
+    there (the lexicon matcher), else ``doc.ents``."""
+    ents = doc.user_data.get(ENTS_KEY)
+    if ents is None:
+        return [Ent(e.label_, e.start, e.end) for e in doc.ents]
+    return ents
 
 
 def rule_slug(phrase: str) -> str:
@@ -139,12 +162,13 @@ def make_cue_negex(
 
 
 class CueNegex(Negex):
-    """negspacy's Negex that also records the deciding cue on each entity.
+    """negspacy's Negex that also records the deciding cue of each entity.
 
-    Sets ``span._.<extension_name>`` (bool, as Negex does) and ``span._.<extension_name>_cue``
-    (a :class:`Cue` or None). The deciding cue is the nearest one in the entity's boundary: the
-    last preceding cue before it, or the first following cue after it, whichever is closer.
-    All cues and boundaries of the doc are kept in ``doc.user_data["<extension_name>"]``.
+    ``doc.user_data["<extension_name>"]`` holds the doc's ``cues`` and ``boundaries`` and, under
+    ``decided``, (cue, alternative cue) by each entity's (start, end) token offsets, for the
+    entities a cue reaches (:func:`cues_of`). The deciding cue is the nearest one in the entity's
+    boundary: the last preceding cue before it, or the first following cue after it, whichever is
+    closer.
 
     Alternative cues ("versus", "and/or": ``alternative_terms``) join a differential, so their
     scope is narrower than Negex's: one reaches only the entity right next to it (no other finding
@@ -152,7 +176,7 @@ class CueNegex(Negex):
     the entities whose label starts with one of ``alternative_labels`` (all when empty). "Cardiomegaly with
     atelectasis versus scarring" hedges the atelectasis and the scarring, not the cardiomegaly;
     "1.5 cm vs. 1.2 cm" hedges nothing (and "vs. prior" is a pseudo cue of the termset).
-    The nearest such cue goes to ``span._.<extension_name>_alt``, apart from the other cues, so
+    The nearest such cue is the entity's alternative cue, apart from the other cues, so
     the caller can let a negation win over it (the CheXpert labeler reads "X or Y" only after
     negation: "no effusion or pneumothorax" denies both).
 
@@ -190,10 +214,6 @@ class CueNegex(Negex):
         and_clause_aux: list[str] | None = None,
     ) -> None:
         super().__init__(nlp, name, neg_termset, ent_types, extension_name, chunk_prefix)
-        self.cue_extension = f"{extension_name}_cue"
-        self.alt_extension = f"{extension_name}_alt"
-        Span.set_extension(self.cue_extension, default=None, force=True)
-        Span.set_extension(self.alt_extension, default=None, force=True)
         self.alternative = {
             " ".join(t.lower_ for t in doc) for doc in nlp.tokenizer.pipe(alternative_terms or [])
         }
@@ -223,14 +243,14 @@ class CueNegex(Negex):
 
     def _clause_starts(self, doc: Doc) -> list[int]:
         """Token indices where a new clause opens at a comma or an "and" (see the class doc)."""
-        if self.aux_key is None or not doc.ents:
+        if self.aux_key is None or not doc_ents(doc):
             return []
         aux = doc.user_data.get(self.aux_key, ())
         before_words = [(s, e) for key, s, e in aux if key.startswith(self.comma_clause_aux)]
         after_words = [(s, e) for key, s, e in aux if key.startswith(self.and_clause_aux)]
         if not before_words and not after_words:
             return []
-        findings = [e for e in doc.ents if e.label_.startswith(self.alternative_labels or ("",))]
+        findings = [e for e in doc_ents(doc) if e.label_.startswith(self.alternative_labels or ("",))]
         starts = []
         for i, token in enumerate(doc):
             comma = token.text == ","
@@ -279,7 +299,7 @@ class CueNegex(Negex):
         )
 
     def _alternative_reaches(
-        self, cue: Cue, ent: Span, ents: list[Span], doc: Doc, b_start: int, b_end: int
+        self, cue: Cue, ent: Ent, ents: list[Ent], doc: Doc, b_start: int, b_end: int
     ) -> bool:
         """Whether an alternative cue joins ``ent`` to something on its other side.
 
@@ -336,7 +356,7 @@ class CueNegex(Negex):
         return not any(s <= neighbour.i < e for s, e in modifiers)
 
     @staticmethod
-    def _own_subject(doc: Doc, ents: list[Span], ent: Span, cue: Cue) -> bool:
+    def _own_subject(doc: Doc, ents: list[Ent], ent: Ent, cue: Cue) -> bool:
         """Whether a following cue has its own subject after a comma, out of ``ent``'s clause:
         "small right effusion, pneumonia cannot be excluded" hedges the pneumonia only, while
         "pneumothorax, effusion, or consolidation is not seen" is one list."""
@@ -352,6 +372,8 @@ class CueNegex(Negex):
         preceding, following, terminating = self.process_negations(doc)
         boundaries = self.termination_boundaries(doc, terminating)
         cues = [self._cue(m, s, e, doc) for m, s, e in preceding + following]
+        all_ents = doc_ents(doc)
+        decided: dict[tuple[int, int], tuple[Cue | None, Cue | None]] = {}
         for b_start, b_end in boundaries:
             inside = [c for c in cues if b_start <= c.start < b_end]
             if not inside:
@@ -359,7 +381,7 @@ class CueNegex(Negex):
             preceding_spans = [
                 (c.start, c.end) for c in inside if c.direction == "preceding" and not c.alternative
             ]
-            ents = list(doc[b_start:b_end].ents)
+            ents = [e for e in all_ents if e.start >= b_start and e.end <= b_end]
             for ent in ents:
                 if self.ent_types and ent.label_ not in self.ent_types:
                     continue
@@ -410,11 +432,15 @@ class CueNegex(Negex):
                     ):
                         best = cue
                 if best is not None or alt is not None:
-                    ent._.set(self.extension_name, True)
-                ent._.set(self.cue_extension, best)
-                ent._.set(self.alt_extension, alt)
-        doc.user_data[self.extension_name] = {"cues": cues, "boundaries": boundaries}
+                    decided[ent.start, ent.end] = (best, alt)
+        doc.user_data[self.extension_name] = {"cues": cues, "boundaries": boundaries, "decided": decided}
         return doc
+
+
+def cues_of(doc: Doc, extension_name: str, ent: Ent) -> tuple[Cue | None, Cue | None]:
+    """(deciding cue, alternative cue) of ``ent`` by the :class:`CueNegex` named
+    ``extension_name``; (None, None) when no cue reaches it."""
+    return doc.user_data[extension_name]["decided"].get((ent.start, ent.end), (None, None))
 
 
 def decide(neg: Cue | None, unc: Cue | None, span: tuple[int, int], ents_between: bool) -> Cue | None:

@@ -23,12 +23,11 @@ from typing import NamedTuple
 import spacy
 from spacy.language import Language
 from spacy.matcher import PhraseMatcher
-from spacy.tokens import Doc, Span
-from spacy.util import filter_spans
+from spacy.tokens import Doc
 
 from pipeline.text import negation as _negation  # noqa: F401  (registers the clip2clinic_negex factory)
 from pipeline.text.lexicon import SUPPORT_DEVICES, Anchor, Finding, Lexicon, load_lexicon
-from pipeline.text.negation import Cue, decide
+from pipeline.text.negation import ENTS_KEY, Cue, Ent, cues_of, decide
 
 NEG_EXT = "c2c_neg"
 UNC_EXT = "c2c_unc"
@@ -168,9 +167,11 @@ def make_lexicon_matcher(nlp, name, lexicon_dir):  # type: ignore[no-untyped-def
 
 
 class LexiconMatcher:
-    """Sets ``doc.ents`` to findings (label ``F|<id>``) and anchors (``A|<id>``), longest first,
-    and keeps anatomy (``N|<id>|<laterality>``), laterality (``L|<side>``), modifiers
-    (``M|<kind>|<value>``) and qualifiers (``Q|<group>``) in ``doc.user_data["c2c_aux"]``."""
+    """Puts findings (label ``F|<id>``) and anchors (``A|<id>``), longest first, in
+    ``doc.user_data["c2c_ents"]`` as :class:`~pipeline.text.negation.Ent` tuples (what
+    ``doc.ents`` would hold, without its ``Span`` objects), and keeps anatomy
+    (``N|<id>|<laterality>``), laterality (``L|<side>``), modifiers (``M|<kind>|<value>``) and
+    qualifiers (``Q|<group>``) in ``doc.user_data["c2c_aux"]``."""
 
     def __init__(self, nlp: Language, lexicon: Lexicon) -> None:
         self.lexicon = lexicon
@@ -193,8 +194,7 @@ class LexiconMatcher:
     def __call__(self, doc: Doc) -> Doc:
         strings = doc.vocab.strings
         text = DocText(doc)
-        spans = [Span(doc, s, e, label=m) for m, s, e in self.ents(doc, text)]
-        doc.ents = filter_spans(spans)
+        doc.user_data[ENTS_KEY] = _filter_spans([Ent(strings[m], s, e) for m, s, e in self.ents(doc, text)])
         by_kind: dict[str, list[tuple[str, int, int]]] = {}
         for m, s, e in self.aux(doc, text):
             key = strings[m]
@@ -204,6 +204,18 @@ class LexiconMatcher:
             aux.extend(_longest(matches))
         doc.user_data[AUX_KEY] = aux
         return doc
+
+
+def _filter_spans(ents: list[Ent]) -> list[Ent]:
+    """spaCy's ``filter_spans`` on tuples, to the letter: longest first (the earlier on a tie), a
+    span skipped when its first or last token is taken; in token order."""
+    taken: set[int] = set()
+    out = []
+    for ent in sorted(ents, key=lambda e: (e.end - e.start, -e.start), reverse=True):
+        if ent.start not in taken and ent.end - 1 not in taken:
+            out.append(ent)
+            taken.update(range(ent.start, ent.end))
+    return sorted(out, key=lambda e: e.start)
 
 
 def _longest(matches: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
@@ -430,7 +442,7 @@ class TextEngine:
 
     # -- one doc ------------------------------------------------------------------------------------
     def _mentions(self, doc: Doc) -> list[MentionHit]:
-        ents = list(doc.ents)
+        ents = doc.user_data[ENTS_KEY]
         if not ents:
             return []
         lex = self.lexicon
@@ -451,7 +463,7 @@ class TextEngine:
                     decided: Decision = ("present", None, f"statement.{finding.id}", None)
                 else:
                     decided = self._status(ent, ents, doc)
-                hits.append(self._hit(ent, finding, finding.observation, decided, place, words))
+                hits.append(self._hit(doc, ent, finding, finding.observation, decided, place, words))
                 continue
             anchor = lex.anchors[ident]
             qual = self._qualifier(ent, qualifiers, chunk, ents, doc)
@@ -464,7 +476,7 @@ class TextEngine:
                     decided = self._status(ent, ents, doc)
                 else:
                     continue
-                hits.append(self._hit(ent, finding, observation, decided, place, words))
+                hits.append(self._hit(doc, ent, finding, observation, decided, place, words))
         return hits
 
     @staticmethod
@@ -482,7 +494,8 @@ class TextEngine:
 
     def _hit(
         self,
-        ent: Span,
+        doc: Doc,
+        ent: Ent,
         finding: Finding,
         observation: str | None,
         decided: Decision,
@@ -495,10 +508,11 @@ class TextEngine:
         if finding.refine and anatomy in finding.refine:
             finding = self.lexicon.findings[finding.refine[anatomy]]
             observation = finding.observation if observation is not None else None
+        span = doc[ent.start : ent.end]
         return MentionHit(
-            ent.start_char,
-            ent.end_char,
-            ent.text,
+            span.start_char,
+            span.end_char,
+            span.text,
             finding.id,
             observation,
             status,
@@ -513,7 +527,7 @@ class TextEngine:
             words,
         )
 
-    def _status(self, ent: Span, ents: list[Span], doc: Doc, extra: Cue | None = None) -> Decision:
+    def _status(self, ent: Ent, ents: list[Ent], doc: Doc, extra: Cue | None = None) -> Decision:
         """Status, cue text, rule and cue character span of one mention.
 
         The nearer of the negation and the hedge decides (see :func:`decide`); a probable cue
@@ -522,9 +536,8 @@ class TextEngine:
         "X versus Y" rule after negation, "no effusion and/or pneumothorax" denies both, while
         "likely atelectasis versus pneumonia" stays a differential.
         """
-        neg: Cue | None = ent._.get(f"{NEG_EXT}_cue")
-        unc: Cue | None = ent._.get(f"{UNC_EXT}_cue")
-        alt: Cue | None = ent._.get(f"{UNC_EXT}_alt")
+        neg, _ = cues_of(doc, NEG_EXT, ent)
+        unc, alt = cues_of(doc, UNC_EXT, ent)
         if extra is not None:
             if extra.rule.startswith(self._neg_prefix):
                 neg = extra
@@ -548,8 +561,8 @@ class TextEngine:
 
     def _qualified(
         self,
-        ent: Span,
-        ents: list[Span],
+        ent: Ent,
+        ents: list[Ent],
         doc: Doc,
         anchor: Anchor,
         status: str,
@@ -576,10 +589,10 @@ class TextEngine:
 
     @staticmethod
     def _qualifier(
-        ent: Span,
+        ent: Ent,
         qualifiers: list[tuple[str, int, int, str]],
         chunk: list[int],
-        ents: list[Span],
+        ents: list[Ent],
         doc: Doc,
         claimed: bool = True,
     ) -> tuple[str, int, int, str] | None:
@@ -625,7 +638,7 @@ class TextEngine:
         return best
 
     def _attach(
-        self, doc: Doc, ents: list[Span], chunk: list[int]
+        self, doc: Doc, ents: list[Ent], chunk: list[int]
     ) -> tuple[list[dict[str, tuple[str, int, int]]], list[tuple[str, int, int, str]]]:
         """Give each anatomy/laterality/modifier match to its nearest mention in the same clause.
 
