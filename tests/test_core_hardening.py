@@ -344,3 +344,15 @@ def test_a_run_and_its_no_op_reruns_end_cleanly(tmp_path):
         # reading label_agreement for its table, the read that used to abort.
         assert "agreement skipped" in log_file.read_text() or "agreement ran" in log_file.read_text()
     assert codes == [0] * 6
+
+
+def test_finding_the_stages_imports_no_text_engine():
+    """Every CLI start, worker start and no-op rerun registers the stages; spaCy (and torch,
+    through thinc) cost seconds there, so they are imported when a text part first runs."""
+    code = (
+        "import sys; from pipeline.core.registry import all_stages; "
+        "assert {'parse', 'extract', 'reread'} <= set(all_stages()); "
+        "print(sorted(m for m in ('spacy', 'thinc', 'negspacy', 'scispacy', 'torch') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout
