@@ -209,35 +209,24 @@ def _mentions(
     """The ``mentions`` of some sentences (Python columns in reading order; ``flags``: whether
     each one's section counts), conformed to the schema."""
     hits = engine.analyse(sent["text"], batch_size=config.batch_size)
+    # Column by column: the sentence of each hit, then each field over all hits at once.
+    at = [i for i, sentence_hits in enumerate(hits) for _ in sentence_hits]
+    flat = [h for sentence_hits in hits for h in sentence_hits]
+    base = [sent["start"][i] for i in at]
     cols: dict[str, list] = {
-        name: []
-        for name in (
-            "report_id",
-            "section",
-            "sentence_idx",
-            "start",
-            "end",
-            *_HIT_FIELDS,
-            "cue_start",
-            "cue_end",
-            "modifiers",
-            "in_labeled_section",
-        )
+        name: [sent[name][i] for i in at] for name in ("report_id", "section", "sentence_idx")
     }
-    for i, sentence_hits in enumerate(hits):
-        base = sent["start"][i]
-        for h in sentence_hits:
-            cols["report_id"].append(sent["report_id"][i])
-            cols["section"].append(sent["section"][i])
-            cols["sentence_idx"].append(sent["sentence_idx"][i])
-            cols["start"].append(base + h.start)
-            cols["end"].append(base + h.end)
-            for name in _HIT_FIELDS:
-                cols[name].append(getattr(h, name))
-            cols["cue_start"].append(None if h.cue_start is None else base + h.cue_start)
-            cols["cue_end"].append(None if h.cue_end is None else base + h.cue_end)
-            cols["modifiers"].append(
-                [{"kind": k, "value": v, "start": base + a, "end": base + b} for k, v, a, b in h.modifiers]
-            )
-            cols["in_labeled_section"].append(flags[i])
+    cols["start"] = [b + h.start for b, h in zip(base, flat, strict=True)]
+    cols["end"] = [b + h.end for b, h in zip(base, flat, strict=True)]
+    for name in _HIT_FIELDS:
+        cols[name] = [getattr(h, name) for h in flat]
+    cols["cue_start"] = [
+        None if h.cue_start is None else b + h.cue_start for b, h in zip(base, flat, strict=True)
+    ]
+    cols["cue_end"] = [None if h.cue_end is None else b + h.cue_end for b, h in zip(base, flat, strict=True)]
+    cols["modifiers"] = [
+        [{"kind": k, "value": v, "start": b + x, "end": b + y} for k, v, x, y in h.modifiers]
+        for b, h in zip(base, flat, strict=True)
+    ]
+    cols["in_labeled_section"] = [flags[i] for i in at]
     return typed_table(cols, "mentions")
