@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import print_figures, timed  # noqa: E402
-from _naive import build_naive_nlp, naive_labels  # noqa: E402
+from _naive import naive_rate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ("ingest", "parse", "extract", "agreement")
@@ -111,11 +111,7 @@ def main(argv: list[str]) -> None:
             if len(texts) >= sample:
                 break
         texts = texts[:sample]
-        nlp = build_naive_nlp(data)
-        naive_labels(nlp, texts[:50])  # warm
-        begin = time.perf_counter()
-        naive_labels(nlp, texts)
-        naive = len(texts) / (time.perf_counter() - begin)
+        naive = naive_rate(data, texts)
         figures.append(
             (
                 f"naive design-card pipeline, {len(texts):,} of the reports, 1 process: reports/s",

@@ -32,7 +32,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import print_figures  # noqa: E402
-from _naive import build_naive_nlp, naive_labels  # noqa: E402
+from _naive import naive_rate  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("ingest", "parse", "extract", "agreement")
@@ -109,10 +109,7 @@ def main(argv: list[str]) -> None:
 
     sample = int(args.get("naive_sample", 3000))
     texts = [f"{r[2]}\n{r[3]}" for r in rows[:sample]]
-    nlp = build_naive_nlp(data)
-    start = time.perf_counter()
-    naive_labels(nlp, texts)
-    naive = len(texts) / (time.perf_counter() - start)
+    naive = naive_rate(data, texts)
     figures.append(
         (f"naive design-card pipeline, {sample:,} of the reports, 1 process: reports/s", f"{naive:,.0f}")
     )

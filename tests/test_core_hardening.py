@@ -33,10 +33,8 @@ import os
 import time
 from dataclasses import dataclass
 
-import pyarrow as pa
-
-from pipeline.core.errors import reject_table
 from pipeline.core.registry import map_stage
+from toy_stages import split_sections
 
 
 @dataclass(frozen=True)
@@ -46,32 +44,12 @@ class HeldSplitConfig:
 
 @map_stage("held_split", version=1, inputs=("reports",), outputs=("sections",), config=HeldSplitConfig)
 def held_split(tables, *, config):
-    """One section per non-empty report; parts after the first wait while config.hold exists."""
+    """toy_split's sections; parts after the first wait while config.hold exists."""
     reports = tables["reports"]
     first = reports.num_rows and reports["report_id"][0].as_py() == "r0000"
     while config.hold and not first and os.path.exists(config.hold):
         time.sleep(0.05)
-    ids, texts, bad = [], [], []
-    for rid, text in zip(reports["report_id"].to_pylist(), reports["text"].to_pylist(), strict=True):
-        if text:
-            ids.append(rid)
-            texts.append(text)
-        else:
-            bad.append((rid, "empty_text", None))
-    n = len(ids)
-    sections = pa.table(
-        {
-            "report_id": ids,
-            "section_idx": pa.array([0] * n, pa.int32()),
-            "section": ["findings"] * n,
-            "header": ["FINDINGS"] * n,
-            "text": texts,
-            "start": pa.array([0] * n, pa.int32()),
-            "end": pa.array([len(t) for t in texts], pa.int32()),
-            "is_labeled": [True] * n,
-        }
-    )
-    return {"sections": sections, "rejects": reject_table("held_split", "sections", bad)}
+    return split_sections(reports, "held_split")
 '''
 
 

@@ -72,13 +72,18 @@ def toy_split(tables: Mapping[str, pa.Table], *, config: ToySplitConfig) -> dict
         and reports["report_id"][0].as_py() == "r0010"
     ):
         raise RuntimeError("simulated crash")
+    return split_sections(reports, "toy_split", config.suffix)
+
+
+def split_sections(reports: pa.Table, stage: str, suffix: str = "") -> dict[str, pa.Table]:
+    """One section per non-empty report (``suffix`` appended); empty reports rejected by ``stage``."""
     ids, texts, bad = [], [], []
     for rid, text in zip(reports["report_id"].to_pylist(), reports["text"].to_pylist(), strict=True):
         if not text:
             bad.append((rid, "empty_text", None))
             continue
         ids.append(rid)
-        texts.append(text + config.suffix)
+        texts.append(text + suffix)
     n = len(ids)
     sections = pa.table(
         {
@@ -92,7 +97,7 @@ def toy_split(tables: Mapping[str, pa.Table], *, config: ToySplitConfig) -> dict
             "is_labeled": [True] * n,
         }
     )
-    return {"sections": sections, "rejects": reject_table("toy_split", "sections", bad)}
+    return {"sections": sections, "rejects": reject_table(stage, "sections", bad)}
 
 
 @map_stage("toy_lossy", version=1, inputs=("reports",), outputs=("sentences",), config=ToySplitConfig)
