@@ -8,7 +8,8 @@
 2. `python -m pipeline.run dag=preprocess dataset=mimic_cxr ...` in a fresh process, with no setting
    but the dump, the run folder and ``cluster.n_workers``: wall seconds (process start included),
    then each stage's seconds and rows from its completion record (`_state/<stage>/_stage.json`),
-   longest first, with the part size the run chose.
+   longest first, with the part size the run chose; for map and source stages, how busy the
+   workers were (their parts' seconds over the stage's, per worker).
 3. The naive design-card pipeline (bench/_naive.py) on a sample of the same reports, in one
    process in the same run: reports/s, beside ``dag=labels``'s share of the run (ingest, parse,
    extract, agreement) per core.
@@ -31,6 +32,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import print_figures, timed  # noqa: E402
 from _naive import naive_rate  # noqa: E402
+
+from pipeline.core.registry import get_stage  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ("ingest", "parse", "extract", "agreement")
@@ -94,13 +97,12 @@ def main(argv: list[str]) -> None:
         figures.append(("  outside the stages (start, plan, cluster, summary)", f"{seconds - staged:.0f} s"))
         for name, record in sorted(records.items(), key=lambda kv: -kv[1]["timings"]["stage_seconds"]):
             timing = record["timings"]
-            busy = timing["part_seconds_total"] / max(timing["stage_seconds"] * workers, 1e-9)
-            figures.append(
-                (
-                    f"  {name}",
-                    f"{timing['stage_seconds']:.1f} s, {record['rows_in']:,} rows in, workers busy {100 * busy:.0f}%",
-                )
-            )
+            text = f"{timing['stage_seconds']:.1f} s, {record['rows_in']:,} rows in"
+            # A corpus stage's part markers time only its commits, not its work: no share for it.
+            if get_stage(name).kind != "corpus":
+                busy = timing["part_seconds_total"] / max(timing["stage_seconds"] * workers, 1e-9)
+                text += f", workers busy {100 * busy:.0f}%"
+            figures.append((f"  {name}", text))
         labels_s = sum(records[s]["timings"]["stage_seconds"] for s in LABELS if s in records)
 
         import pyarrow.parquet as pq
