@@ -15,12 +15,13 @@ never mistakes half a part for a finished one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import posixpath
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, is_dataclass
 from importlib import metadata
 from typing import Any
@@ -159,13 +160,25 @@ class Store:
         pyarrow.dataset, most of a second at every process start.
         """
         if self.local:
-            source: Any = path
-        else:
-            data = self.fs.cat_file(path)
-            source = pa.allocate_buffer(len(data))
-            pa.FixedSizeBufferWriter(source).write(data)
-        with pq.ParquetFile(source) as pf:
+            with self.parquet_file(path) as pf:
+                return pf.read(columns=columns)
+        data = self.fs.cat_file(path)
+        owned = pa.allocate_buffer(len(data))
+        pa.FixedSizeBufferWriter(owned).write(data)
+        with pq.ParquetFile(owned) as pf:
             return pf.read(columns=columns)
+
+    @contextlib.contextmanager
+    def parquet_file(self, path: str) -> Iterator[pq.ParquetFile]:
+        """A Parquet file of the run opened for its footer or some row groups. A local file goes
+        to Arrow by path, as in :meth:`read_parquet`; a remote one is read through fsspec's file
+        object (only the row groups asked for are fetched; done on workers, never at exit)."""
+        if self.local:
+            with pq.ParquetFile(path) as pf:
+                yield pf
+        else:
+            with self.fs.open(path, "rb") as fh, pq.ParquetFile(fh) as pf:
+                yield pf
 
     def read_part(self, dataset: str, index: int, *, stage: str | None = None) -> pa.Table:
         """Read one part, checking its schema stamp. Raises PipelineError when missing or stale."""

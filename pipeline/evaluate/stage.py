@@ -6,8 +6,6 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow.parquet as pq
-
 from pipeline.core.io import Store
 from pipeline.core.registry import corpus_stage
 from pipeline.core.runner import CorpusContext, commit_corpus_part
@@ -55,5 +53,5 @@ def agreement(ctx: CorpusContext, *, config: AgreementConfig) -> Any:
 
 
 def _rows(store: Store, dataset: str, index: int) -> int:
-    with store.fs.open(store.part_path(dataset, index), "rb") as fh:
-        return int(pq.ParquetFile(fh).metadata.num_rows)
+    with store.parquet_file(store.part_path(dataset, index)) as pf:
+        return int(pf.metadata.num_rows)

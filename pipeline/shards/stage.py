@@ -147,8 +147,8 @@ def _scan(store: Store, dataset: str, columns: list[str], *, with_part: bool = F
 
 def _graph_dim(store: Store) -> int:
     files = store.dataset_files("graph_embeddings")
-    with store.fs.open(files[0], "rb") as fh:
-        typ = pq.read_schema(fh).field("vector").type
+    with store.parquet_file(files[0]) as pf:
+        typ = pf.schema_arrow.field("vector").type
     return typ.list_size if pa.types.is_fixed_size_list(typ) else 0
 
 
@@ -352,8 +352,8 @@ def _bucket(out: str, token: str, images_part: int, plan_group: int, config: Sha
     """Worker task: one ``images`` part's pixels (shrunk to ``image_size``), ordered by (shard,
     position), a row group per shard."""
     store = Store(out)
-    with store.fs.open(_staging(store, f"{token}-plan.parquet"), "rb") as fh:
-        plan = pq.ParquetFile(fh).read_row_group(plan_group)
+    with store.parquet_file(_staging(store, f"{token}-plan.parquet")) as pf:
+        plan = pf.read_row_group(plan_group)
     images = store.read_part("images", images_part).select(["image_id", "png", "height", "width"])
     at = pc.index_in(plan["image_id"], value_set=images["image_id"])
     if at.null_count:
@@ -402,12 +402,12 @@ def _shard(
     store = Store(out)
     pieces = []
     for images_part, row_group in buckets:
-        with store.fs.open(_staging(store, f"{token}-bucket-{images_part:05d}.parquet"), "rb") as fh:
-            pieces.append(pq.ParquetFile(fh).read_row_group(row_group))
+        with store.parquet_file(_staging(store, f"{token}-bucket-{images_part:05d}.parquet")) as pf:
+            pieces.append(pf.read_row_group(row_group))
     plan = pa.concat_tables(pieces)
     plan = plan.take(pc.sort_indices(plan, [("position", "ascending")]))
-    with store.fs.open(_staging(store, f"{token}-features.parquet"), "rb") as fh:
-        features = pq.ParquetFile(fh).read_row_group(shard)
+    with store.parquet_file(_staging(store, f"{token}-features.parquet")) as pf:
+        features = pf.read_row_group(shard)
     ft = pc.index_in(plan["report_id"], value_set=features["report_id"])
     if ft.null_count:
         raise PipelineError("E_STAGING", f"shard {shard}: staging files disagree; rerun with force=true.")

@@ -170,8 +170,7 @@ def _staging(store: Store, name: str = "") -> str:
 def _read_columns(store: Store, dataset: str, index: int, columns: list[str]) -> pa.Table:
     """Some columns of one part, after checking its schema stamp (Store.read_part reads them all)."""
     path = store.part_path(dataset, index)
-    with store.fs.open(path, "rb") as fh:
-        parquet = pq.ParquetFile(fh)
+    with store.parquet_file(path) as parquet:
         check_file_schema(parquet.schema_arrow, dataset, path)
         return parquet.read(columns=columns)
 
