@@ -220,8 +220,7 @@ def run(cfg: RunConfig, console: Console | None = None, *, command: str | None =
     if not cfg.stage:
         build_dag(dag.name, [s.name for s in dag.stages], from_run=dag.from_run)  # before any work
     configs = {s.name: cfg.stage_config(s.name) for s in dag.stages}
-    reports: list[StageReport] = []
-    running: str | None = None
+    runner: Runner | None = None
     previous_sigint = signal.getsignal(signal.SIGINT)
     try:
         with run_lock(cfg.out, command), lazy_client(cfg.cluster) as holder:
@@ -234,19 +233,16 @@ def run(cfg: RunConfig, console: Console | None = None, *, command: str | None =
                         cfg.out, holder.get, progress=progress, force=cfg.force, workers=local_threads(cfg)
                     )
                     check_inputs(dag, runner)
-                    for stage in dag.stages:
-                        running = stage.name
-                        reports.append(runner.run_stage(stage, configs[stage.name]))
-                    running = None
+                    return runner.run_dag(dag, configs)
             except KeyboardInterrupt:
                 # A second Ctrl-C must not cut the cluster's teardown short (orphaned workers).
                 if threading.current_thread() is threading.main_thread():
                     signal.signal(signal.SIGINT, signal.SIG_IGN)
-                raise RunInterrupted(reports, running) from None
+                finished, running = (runner.finished, runner.running) if runner else ([], None)
+                raise RunInterrupted(finished, running) from None
     finally:
         if signal.getsignal(signal.SIGINT) is not previous_sigint:
             signal.signal(signal.SIGINT, previous_sigint)
-    return reports
 
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -101,10 +101,6 @@ class LazyClient:
         self._stack = stack
         self._client: Client | None = None
 
-    @property
-    def started(self) -> bool:
-        return self._client is not None
-
     def get(self) -> Client:
         """The client, starting the cluster if needed. Raises PipelineError(E_CLUSTER)."""
         if self._client is None:

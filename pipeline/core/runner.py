@@ -290,6 +290,8 @@ class Runner:
         self._workers = workers
         self.progress = progress or NullProgress()
         self.force = force
+        self.finished: list[StageReport] = []  # of run_dag, so far
+        self.running: str | None = None
 
     def get_client(self) -> Client:
         if not isinstance(self._client, Client):
@@ -301,8 +303,16 @@ class Runner:
         return self.get_client()
 
     def run_dag(self, dag: Dag, configs: Mapping[str, Any]) -> list[StageReport]:
-        """Run every stage of ``dag`` in order; ``configs`` maps stage name to its config."""
-        return [self.run_stage(stage, configs[stage.name]) for stage in dag.stages]
+        """Run every stage of ``dag`` in order; ``configs`` maps stage name to its config.
+
+        Interrupted, ``finished`` holds the reports of the stages done and ``running`` the name
+        of the stage it was in (what the CLI tells the user)."""
+        self.finished = []
+        for stage in dag.stages:
+            self.running = stage.name
+            self.finished.append(self.run_stage(stage, configs[stage.name]))
+        self.running = None
+        return self.finished
 
     def upstream_fingerprints(self, stage: Stage) -> dict[str, str]:
         """Fingerprints of the stage's inputs; raises E_INPUT_MISSING naming the stage to run."""

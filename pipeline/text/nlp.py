@@ -24,6 +24,7 @@ import spacy
 from spacy.language import Language
 from spacy.matcher import PhraseMatcher
 from spacy.tokens import Doc
+from spacy.util import filter_spans
 
 from pipeline.text import negation as _negation  # noqa: F401  (registers the clip2clinic_negex factory)
 from pipeline.text.lexicon import SUPPORT_DEVICES, Anchor, Finding, Lexicon, load_lexicon
@@ -69,16 +70,18 @@ class DocText:
     """A doc's text, lower-cased text and (on first use) its tokens' lower forms, computed once
     for the matchers that read them."""
 
-    __slots__ = ("_lowers", "lower", "text")
+    __slots__ = ("_doc", "_lowers", "lower", "text")
 
     def __init__(self, doc: Doc) -> None:
+        self._doc = doc
         self.text = doc.text
         self.lower = self.text.lower()
         self._lowers: list[str] | None = None
 
-    def token_lowers(self, doc: Doc) -> list[str]:
+    @property
+    def token_lowers(self) -> list[str]:
         if self._lowers is None:
-            self._lowers = [t.lower_ for t in doc]
+            self._lowers = [t.lower_ for t in self._doc]
         return self._lowers
 
 
@@ -125,11 +128,11 @@ class _Matchers:
         (``doc.text`` joins every token again at each call)."""
         matches = self.phrase(doc)
         if "/" in text.text:
-            matches += self._slash_compounds(text.token_lowers(doc), {(s, e) for _, s, e in matches})
+            matches += self._slash_compounds(text.token_lowers, {(s, e) for _, s, e in matches})
         prefixes = self.prefixes
         if self.prefix_re is None or not self.prefix_re.search(text.lower):
             return matches
-        lowers = text.token_lowers(doc)
+        lowers = text.token_lowers
         for i, low in enumerate(lowers):
             if not low.startswith(prefixes):
                 continue
@@ -194,7 +197,8 @@ class LexiconMatcher:
     def __call__(self, doc: Doc) -> Doc:
         strings = doc.vocab.strings
         text = DocText(doc)
-        doc.user_data[ENTS_KEY] = _filter_spans([Ent(strings[m], s, e) for m, s, e in self.ents(doc, text)])
+        # spaCy's own overlap rule for doc.ents; it reads only .start and .end, so tuples do
+        doc.user_data[ENTS_KEY] = filter_spans([Ent(strings[m], s, e) for m, s, e in self.ents(doc, text)])
         by_kind: dict[str, list[tuple[str, int, int]]] = {}
         for m, s, e in self.aux(doc, text):
             key = strings[m]
@@ -204,18 +208,6 @@ class LexiconMatcher:
             aux.extend(_longest(matches))
         doc.user_data[AUX_KEY] = aux
         return doc
-
-
-def _filter_spans(ents: list[Ent]) -> list[Ent]:
-    """spaCy's ``filter_spans`` on tuples, to the letter: longest first (the earlier on a tie), a
-    span skipped when its first or last token is taken; in token order."""
-    taken: set[int] = set()
-    out = []
-    for ent in sorted(ents, key=lambda e: (e.end - e.start, -e.start), reverse=True):
-        if ent.start not in taken and ent.end - 1 not in taken:
-            out.append(ent)
-            taken.update(range(ent.start, ent.end))
-    return sorted(out, key=lambda e: e.start)
 
 
 def _longest(matches: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
