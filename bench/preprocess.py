@@ -9,7 +9,9 @@
    but the dump, the run folder and ``cluster.n_workers``: wall seconds (process start included),
    then each stage's seconds and rows from its completion record (`_state/<stage>/_stage.json`),
    longest first, with the part size the run chose; for map and source stages, how busy the
-   workers were (their parts' seconds over the stage's, per worker).
+   workers were (their parts' seconds over the stage's, per worker) and the parts' split into
+   read / compute / check / write (the part markers' ``phases``); the workers' peak RSS (the
+   markers' ``worker_peak_rss_mib``).
 3. The naive design-card pipeline (bench/_naive.py) on a sample of the same reports, in one
    process in the same run: reports/s, beside ``dag=labels``'s share of the run (ingest, parse,
    extract, agreement) per core.
@@ -44,6 +46,17 @@ def stage_records(out: Path) -> dict[str, dict]:
     for path in sorted((out / "_state").glob("*/_stage.json")):
         records[path.parent.name] = json.loads(path.read_text())
     return records
+
+
+def phase_split(timing: dict) -> str:
+    """The parts' seconds by phase: what a part spends reading, on the stage's work, checking
+    accounting and writing (conform, Parquet, commit, marker)."""
+    phases = timing.get("part_phase_seconds") or {}
+    total = sum(phases.values())
+    if not total:
+        return ""
+    order = [k for k in ("read", "compute", "check", "write") if k in phases]
+    return "; parts: " + ", ".join(f"{k} {100 * phases[k] / total:.0f}%" for k in order)
 
 
 def main(argv: list[str]) -> None:
@@ -102,7 +115,10 @@ def main(argv: list[str]) -> None:
             if get_stage(name).kind != "corpus":
                 busy = timing["part_seconds_total"] / max(timing["stage_seconds"] * workers, 1e-9)
                 text += f", workers busy {100 * busy:.0f}%"
+                text += phase_split(timing)
             figures.append((f"  {name}", text))
+        peak = max(r["timings"].get("worker_peak_rss_mib", 0.0) for r in records.values())
+        figures.append(("  worker peak RSS (largest over the run)", f"{peak:,.0f} MiB"))
         labels_s = sum(records[s]["timings"]["stage_seconds"] for s in LABELS if s in records)
 
         import pyarrow.parquet as pq

@@ -51,6 +51,23 @@ def test_accounting_and_manifests(tmp_path, dask_client):
         assert pq.read_schema(path).metadata[b"clip2clinic.schema"] == b"sections"
 
 
+def test_part_markers_split_their_seconds_by_phase(tmp_path, dask_client):
+    run(tmp_path, dask_client)
+    state = tmp_path / "_state"
+    marker = json.loads((state / "toy_split" / "part-00000.json").read_text())
+    assert set(marker["phases"]) == {"read", "compute", "check", "write"}
+    assert sum(marker["phases"].values()) <= marker["seconds"] + 1e-3
+    assert marker["worker_peak_rss_mib"] > 10  # a Python process with pyarrow loaded
+    source = json.loads((state / "toy_source" / "part-00000.json").read_text())
+    assert set(source["phases"]) == {"compute", "check", "write"}  # a source part reads as it computes
+    timings = json.loads((state / "toy_split" / "_stage.json").read_text())["timings"]
+    parts = [json.loads(p.read_text()) for p in (state / "toy_split").glob("part-*.json")]
+    assert timings["part_phase_seconds"]["compute"] == pytest.approx(
+        sum(p["phases"]["compute"] for p in parts), abs=1e-2
+    )
+    assert timings["worker_peak_rss_mib"] == max(p["worker_peak_rss_mib"] for p in parts)
+
+
 def test_unchanged_fingerprint_skips_and_changes_rerun(tmp_path, dask_client):
     run(tmp_path, dask_client)
     mtime = (tmp_path / "sections" / "part-00000.parquet").stat().st_mtime_ns

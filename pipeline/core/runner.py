@@ -12,6 +12,7 @@ import hashlib
 import logging
 import os
 import posixpath
+import resource
 import time
 import traceback
 import uuid
@@ -166,11 +167,15 @@ def _commit_part(
     accounting: dict[str, Any],
     started: float,
     row_group_size: int | None = None,
+    phases: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """Write every output of one part, then its marker (last, so a marker means complete).
 
-    A stage with ``sparse_outputs`` writes only the outputs the part returned.
+    A stage with ``sparse_outputs`` writes only the outputs the part returned. ``phases``: the
+    part's seconds so far by phase (read, compute, check); the write is added here, so the marker
+    shows what a part spends outside the stage's own work.
     """
+    writing = time.perf_counter()
     unknown = set(tables) - set(stage.outputs) - {REJECTS}
     if unknown:
         raise PipelineError(
@@ -191,13 +196,17 @@ def _commit_part(
     rejects = rejects if rejects is not None else empty(REJECTS)
     _check_reject_codes(stage, rejects)
     store.write_table(rejects, REJECTS, index, stage=stage.name)
+    done = time.perf_counter()
     marker = {
         "fingerprint": fingerprint,
         "index": index,
         "rows": rows,
         "rejected": _count_rejects(rejects),
-        "seconds": round(time.perf_counter() - started, 4),
+        "seconds": round(done - started, 4),
+        "phases": {k: round(v, 4) for k, v in {**(phases or {}), "write": done - writing}.items()},
         "worker_pid": os.getpid(),
+        # the worker's peak so far (Linux: KiB), so a run's records show its memory high-water mark
+        "worker_peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         **accounting,
     }
     store.write_json(store.marker_path(stage.name, index), marker)
@@ -212,6 +221,7 @@ def run_source_part(
     stage = get_stage(stage_name)
     assert stage.read is not None
     result: PartResult = stage.read(spec, config)
+    computed = time.perf_counter()
     rejects = result.tables.get(REJECTS)
     rejected = _count_rejects(rejects) if rejects is not None else {}
     for dataset, n_in in result.rows_in.items():
@@ -229,7 +239,10 @@ def run_source_part(
         "rows_in_by_dataset": result.rows_in,
         "notes": result.notes,
     }
-    return _commit_part(Store(out), stage, index, result.tables, fingerprint, accounting, started)
+    phases = {"compute": computed - started, "check": time.perf_counter() - computed}
+    return _commit_part(
+        Store(out), stage, index, result.tables, fingerprint, accounting, started, phases=phases
+    )
 
 
 def run_map_part(
@@ -241,8 +254,10 @@ def run_map_part(
     stage = get_stage(stage_name)
     store = Store(out)
     inputs = {dataset: store.read_part(dataset, index) for dataset in (*stage.inputs, *optional)}
+    read = time.perf_counter()
     assert stage.fn is not None
     tables = stage.fn(inputs, config=config)
+    computed = time.perf_counter()
     primary_in = inputs[stage.inputs[0]]
     keys_in = set(primary_in[stage.key].to_pylist()) if primary_in.num_rows else set()
     primary = stage.primary_output or stage.outputs[0]
@@ -262,8 +277,21 @@ def run_map_part(
             f"unknown: {sorted((keys_out | keys_rejected) - keys_in)[:5]})",
         )
     accounting = {"rows_in": len(keys_in), "rows_out": len(keys_out)}
+    phases = {
+        "read": read - started,
+        "compute": computed - read,
+        "check": time.perf_counter() - computed,
+    }
     return _commit_part(
-        store, stage, index, tables, fingerprint, accounting, started, row_group_size=stage.row_group_size
+        store,
+        stage,
+        index,
+        tables,
+        fingerprint,
+        accounting,
+        started,
+        row_group_size=stage.row_group_size,
+        phases=phases,
     )
 
 
@@ -582,6 +610,10 @@ class Runner:
         rows_out = sum(m["rows_out"] for m in markers.values())
         rejected = rows_in - rows_out
         part_seconds = [m["seconds"] for m in markers.values()]
+        phase_seconds: dict[str, float] = {}
+        for m in markers.values():
+            for phase, v in m.get("phases", {}).items():
+                phase_seconds[phase] = phase_seconds.get(phase, 0.0) + v
         now = datetime.now(UTC).isoformat(timespec="seconds")
         common = {
             "stage": stage.id,
@@ -594,6 +626,10 @@ class Runner:
                 "stage_seconds": round(seconds, 3),
                 "part_seconds_total": round(sum(part_seconds), 3),
                 "part_seconds_max": round(max(part_seconds, default=0.0), 3),
+                "part_phase_seconds": {k: round(v, 3) for k, v in phase_seconds.items()},
+                "worker_peak_rss_mib": max(
+                    (m.get("worker_peak_rss_mib", 0.0) for m in markers.values()), default=0.0
+                ),
             },
             "stage_rows": {"rows_in": rows_in, "rows_out": rows_out, "rows_rejected": rejected},
         }
