@@ -62,6 +62,11 @@ def _table(rows: list[dict[str, Any]], dataset: str) -> pa.Table:
     )
 
 
+def _select(table: pa.Table, dataset: str) -> pa.Table:
+    """``table``'s columns of ``dataset``, conformed (the others dropped)."""
+    return conform(table.select(load_schema(dataset).names), dataset)
+
+
 def _labeled(tables: Mapping[str, pa.Table], config: HardnegConfig) -> set[tuple[str, int]] | None:
     if not config.labeled_only:
         return None
@@ -92,7 +97,9 @@ def hardneg_rewrite(tables: Mapping[str, pa.Table], *, config: HardnegConfig) ->
         if labeled is None or (s["report_id"], s["section_idx"]) in labeled:
             sentences.setdefault(s["report_id"], []).append(s)
     mentions: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    for m in tables["mentions"].to_pylist():
+    # only what a flip or a variant reads: the mention rows' other columns cost their conversion
+    used = ["report_id", "sentence_idx", "start", "end", "text", "finding", "status", "cue", "rule"]
+    for m in tables["mentions"].select([*used, "cue_start", "cue_end", "modifiers"]).to_pylist():
         mentions.setdefault((m["report_id"], m["sentence_idx"]), []).append(m)
 
     rows: list[dict[str, Any]] = []
@@ -257,40 +264,42 @@ def hardneg(tables: Mapping[str, pa.Table], *, config: GateConfig) -> dict[str, 
     (``findings.observation``, the lexicon's), which becomes ``chosen``; the others stay in
     ``negated_reports`` only (their count: its benchmark rows less cxr_align's).
     """
+    readings = tables["hardneg_readings"]
     observed = dict(
         zip(
-            tables["hardneg_readings"].column("candidate_id").to_pylist(),
-            tables["hardneg_readings"].column("observed").to_pylist(),
+            readings.column("candidate_id").to_pylist(),
+            readings.column("observed").to_pylist(),
             strict=True,
         )
     )
     classes = chexpert_class_of(tables["findings"])
+    candidates = tables["hardneg_candidates"]
+    # columnar: only what the gate reads goes to Python; the rows that ship are taken from the
+    # candidates table as they are (their long texts never leave Arrow)
+    c = candidates.select(
+        ["candidate_id", "kind", "finding", "original_status", "texts", "expected", "template_set"]
+    ).to_pydict()
     pairs, negated, align, rejected = [], [], [], []
-    for c in tables["hardneg_candidates"].to_pylist():
-        cid = c["candidate_id"]
-        dataset = "negation_pairs" if c["kind"] == "flip" else "negated_reports"
-        if not c["texts"]:
-            rejected.append(
-                (
-                    cid,
-                    dataset,
-                    "flip_failed",
-                    f"no rewrite family applies to {c['finding']} ({c['original_status']})",
-                )
-            )
-            continue
-        if cid not in observed:
-            rejected.append((cid, dataset, "flip_failed", "no reading: rerun the reread stage"))
-            continue
-        why = _difference(c["expected"], observed[cid])
+    chosen = []
+    for k, (cid, kind, finding, status, texts, expected, template_set) in enumerate(
+        zip(*c.values(), strict=True)
+    ):
+        dataset = "negation_pairs" if kind == "flip" else "negated_reports"
+        if not texts:
+            why = f"no rewrite family applies to {finding} ({status})"
+        elif cid not in observed:
+            why = "no reading: rerun the reread stage"
+        else:
+            why = _difference(expected, observed[cid])
         if why is not None:
             rejected.append((cid, dataset, "flip_failed", why))
-        elif c["kind"] == "flip":
-            pairs.append(c)
+        elif kind == "flip":
+            pairs.append(k)
         else:
-            negated.append({**c, "denial": c["flipped"], "template": c["method"]})
-            if c["template_set"] == "benchmark" and c["finding"] in classes:
-                align.append({**c, "chosen": classes[c["finding"]]})
+            negated.append(k)
+            if template_set == "benchmark" and finding in classes:
+                align.append(k)
+                chosen.append(classes[finding])
     rejects = pa.table(
         {
             "stage": ["hardneg"] * len(rejected),
@@ -300,9 +309,14 @@ def hardneg(tables: Mapping[str, pa.Table], *, config: GateConfig) -> dict[str, 
             "detail": [r[3][:500] for r in rejected],
         }
     )
+    negated_rows = candidates.take(pa.array(negated, pa.int64()))
+    negated_rows = negated_rows.append_column("denial", negated_rows["flipped"]).append_column(
+        "template", negated_rows["method"]
+    )
+    align_rows = candidates.take(pa.array(align, pa.int64())).drop_columns(["chosen"])
     return {
-        "negation_pairs": _table(pairs, "negation_pairs"),
-        "negated_reports": _table(negated, "negated_reports"),
-        "cxr_align": _table(align, "cxr_align"),
+        "negation_pairs": _select(candidates.take(pa.array(pairs, pa.int64())), "negation_pairs"),
+        "negated_reports": _select(negated_rows, "negated_reports"),
+        "cxr_align": _select(align_rows.append_column("chosen", pa.array(chosen, pa.string())), "cxr_align"),
         "rejects": conform(rejects, "rejects"),
     }
