@@ -169,13 +169,21 @@ def _lower_first(text: str) -> str:
     return text[:1].lower() + text[1:]
 
 
+_SPACE_BEFORE_STOP = re.compile(r" ([,.;:?])")
+_COMMA_STOP = re.compile(r", ?([.;])")
+_LEADING = re.compile(r"^[ ,;]+")
+_DOUBLE_COMMA = re.compile(r", ?,")
+
+
 def tidy(text: str) -> str:
     """Collapse the gaps an edit leaves (and line breaks) and start with a capital letter."""
-    text = re.sub(r"\s+", " ", text).strip()
-    text = re.sub(r"\s+([,.;:?])", r"\1", text)
-    text = re.sub(r",\s*([.;])", r"\1", text)
-    text = re.sub(r"^[\s,;]+", "", text)
-    text = re.sub(r",\s*,", ",", text)
+    # str.split() splits on exactly the characters of re's \s; after it, every gap is one space
+    text = _SPACE_BEFORE_STOP.sub(r"\1", " ".join(text.split()))
+    if "," in text:
+        text = _COMMA_STOP.sub(r"\1", text)
+    text = _LEADING.sub("", text)
+    if "," in text:
+        text = _DOUBLE_COMMA.sub(",", text)
     return text[:1].upper() + text[1:]
 
 
@@ -226,6 +234,7 @@ class Sentence:
         return phrase_start, " ".join(words)
 
 
+@functools.lru_cache(maxsize=1 << 12)
 def _cue_rule(flip: str, direction: str, cue: str) -> str | None:
     for pattern, repl in load_rules().cue.get((flip, direction), ()):
         m = pattern.fullmatch(cue.lower())
