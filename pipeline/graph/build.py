@@ -53,8 +53,7 @@ def concept_id(vocab: Vocabulary, kind: str, concept: str) -> int:
     if kind == "observation":
         return vocab.slot.get(concept, -1)
     if kind == "anatomy":
-        names = list(vocab.anatomy_terms)
-        return names.index(concept) if concept in vocab.anatomy_terms else -1
+        return vocab.anatomy_index.get(concept, -1)
     return -1
 
 
@@ -135,19 +134,18 @@ def report_graph(
             if len(gap) <= 60 and SUGGESTIVE.search(gap):
                 edges.setdefault((a, b), "suggestive_of")
     order = sorted(nodes, key=lambda k: (k[0], k[1], LABEL_ID[k[2]], k[3]))
-    ids = {key: f"e{i}" for i, key in enumerate(order)}
-    entities = [{"entity_id": ids[k], **nodes[k]} for k in order]
+    position = {key: i for i, key in enumerate(order)}
+    entities = [{"entity_id": f"e{position[k]}", **nodes[k]} for k in order]
+    # entity "e<i>" sorts by i (entity_order), so the relations sort by position
     relations = [
         {
             "report_id": report_id,
-            "source_id": ids[s],
-            "target_id": ids[t],
+            "source_id": f"e{position[s]}",
+            "target_id": f"e{position[t]}",
             "relation": rel,
             "relation_id": RELATION_ID[rel],
         }
-        for (s, t), rel in sorted(
-            edges.items(), key=lambda kv: (entity_order(ids[kv[0][0]]), entity_order(ids[kv[0][1]]))
-        )
+        for (s, t), rel in sorted(edges.items(), key=lambda kv: (position[kv[0][0]], position[kv[0][1]]))
     ]
     return [{c: e[c] for c in ENTITY_COLUMNS} for e in entities], relations
 
@@ -175,7 +173,8 @@ def graphs_from_mentions(
     if labeled_only and mentions.num_rows:
         mentions = mentions.filter(mentions.column("in_labeled_section"))
     per_report: dict[str, list[dict[str, Any]]] = {}
-    for m in mentions.to_pylist():
+    used = ["report_id", "sentence_idx", "start", "end", "text", "finding", "status", "modifiers"]
+    for m in mentions.select(used).to_pylist():
         per_report.setdefault(m["report_id"], []).append(m)
     sents: dict[str, dict[int, tuple[int, str]]] = {}
     cols = sentences.select(["report_id", "sentence_idx", "start", "text"]).to_pydict()

@@ -34,6 +34,11 @@ class Vocabulary:
         return {c: i for i, c in enumerate(self.concepts)}
 
     @functools.cached_property
+    def anatomy_index(self) -> dict[str, int]:
+        """Anatomy concept -> its position in ``anatomy_terms`` (the GCN node feature)."""
+        return {a: i for i, a in enumerate(self.anatomy_terms)}
+
+    @functools.cached_property
     def roots(self) -> tuple[str, ...]:
         return tuple(c for c in self.concepts if self.parent[c] is None)
 
