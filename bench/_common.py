@@ -46,6 +46,41 @@ class PeakRSS:
         self.peak = max(self.peak, self._sample())
 
 
+class ChildPeakRSS(PeakRSS):
+    """Peak RSS of the largest single descendant process (a Dask worker) of ``pid``, sampled
+    every 50 ms: the same figure for any version of the pipeline, whatever it records itself."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__()
+        self.pid = pid
+
+    def _sample(self) -> int:
+        with suppress(psutil.Error):
+            sizes = []
+            for child in psutil.Process(self.pid).children(recursive=True):
+                with suppress(psutil.Error):
+                    sizes.append(child.memory_info().rss)
+            return max(sizes, default=0)
+        return 0
+
+
+@contextmanager
+def git_tree(rev: str, repo: Path) -> Iterator[Path]:
+    """A detached worktree of ``repo`` at ``rev`` (removed afterwards): an earlier version of the
+    pipeline to run beside this one, in the same run of a benchmark."""
+    import subprocess
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="bench-before-")) / "tree"
+    subprocess.run(
+        ["git", "worktree", "add", "--detach", str(path), rev], cwd=repo, check=True, capture_output=True
+    )
+    try:
+        yield path
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=repo, check=False)
+
+
 @contextmanager
 def timed() -> Iterator[dict[str, float]]:
     box: dict[str, float] = {}
