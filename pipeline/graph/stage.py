@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import polars as pl
 import pyarrow as pa
 from distributed import as_completed
 
@@ -148,27 +149,44 @@ def _grouped(store: Store, index: int) -> dict[str, tuple[list[dict], list[dict]
 
 
 def _count_part(out: str, index: int) -> dict[str, Any]:
-    """Worker task: per-concept counts and co-occurring pairs of one kg_entities part."""
-    kinds: dict[str, str] = {}
-    counts: dict[str, Counter] = {}
-    pairs: Counter = Counter()
-    for _, (entities, _) in _grouped(Store(out), index).items():
-        seen, cooc = set(), set()
-        for e in entities:
-            c = e["concept"]
-            kinds.setdefault(c, e["kind"])
-            counts.setdefault(c, Counter())["n_entities"] += 1
-            status = LABEL_STATUS.get(e["label"]) if e["kind"] == "observation" else None
-            if status:
-                counts[c][f"n_{status}"] += 1
-            seen.add(c)
-            if e["kind"] == "anatomy" or status in ("present", "uncertain"):
-                cooc.add(c)
-        for c in seen:
-            counts[c]["n_reports"] += 1
-        ordered = sorted(cooc)
-        pairs.update((a, b) for i, a in enumerate(ordered) for b in ordered[i + 1 :])
-    return {"kinds": kinds, "counts": counts, "pairs": pairs}
+    """Worker task: per-concept counts and co-occurring pairs of one kg_entities part.
+
+    Group-bys and a self-join over the part's columns (polars): a concept's ``n_reports`` counts
+    the reports holding it, a pair (a < b) the reports where both co-occur (anatomy, or an
+    observation present or uncertain)."""
+    entities = pl.from_arrow(
+        Store(out).read_part("kg_entities", index).select(["report_id", "concept", "kind", "label"])
+    )
+    status = pl.col("label").replace_strict(LABEL_STATUS, default=None, return_dtype=pl.String)
+    entities = entities.with_columns(
+        status=pl.when(pl.col("kind") == "observation").then(status).otherwise(None)
+    )
+    kinds = entities.group_by("concept", maintain_order=True).agg(pl.col("kind").first())
+    totals = entities.group_by("concept").agg(
+        n_entities=pl.len(),
+        n_reports=pl.col("report_id").n_unique(),
+        **{f"n_{s}": (pl.col("status") == s).sum() for s in ("present", "uncertain", "absent")},
+    )
+    together = (
+        entities.filter((pl.col("kind") == "anatomy") | pl.col("status").is_in(["present", "uncertain"]))
+        .select("report_id", "concept")
+        .unique()
+    )
+    pairs = (
+        together.join(together, on="report_id", suffix="_b")
+        .filter(pl.col("concept") < pl.col("concept_b"))
+        .group_by("concept", "concept_b")
+        .len()
+    )
+    counts = {
+        row.pop("concept"): Counter({k: v for k, v in row.items() if v})
+        for row in totals.iter_rows(named=True)
+    }
+    return {
+        "kinds": dict(kinds.iter_rows()),
+        "counts": counts,
+        "pairs": Counter({(a, b): n for a, b, n in pairs.iter_rows()}),
+    }
 
 
 def concepts_table(summaries: list[dict[str, Any]], top: int) -> pa.Table:
