@@ -12,10 +12,14 @@
    workers were (their parts' seconds over the stage's, per worker) and the parts' split into
    read / compute / check / write (the part markers' ``phases``, where the version records
    them); the largest worker's peak RSS, sampled from outside.
-3. ``before=REV`` (a commit, e.g. the one an issue was measured at): the same run first by that
-   version of the pipeline (a git worktree, the same virtualenv), on the same dump, then stage by
-   stage before -> after. Both in one run of the script, because this machine's speed drifts by
-   up to 2x over minutes: figures from different runs do not compare.
+3. ``before=REV`` (a commit, e.g. the one an issue was measured at): that version of the pipeline
+   (a git worktree, the same virtualenv) and this one on the same dump, stage by stage in turn
+   (``stage=<name>`` each, who goes first alternating), then before -> after per stage and for
+   the stages' sum. In turn, because this machine's speed drifts by up to 2x over minutes: two
+   whole runs one after the other do not compare, two runs of one stage minutes apart do. Each
+   ``stage=`` run starts its own workers, whose first imports fall in the stage's seconds
+   (1873cc0 imports spaCy in every worker, this tree only where the text engine runs); the
+   parts' median seconds (map and source stages) leave them out.
 4. The naive design-card pipeline (bench/_naive.py) on a sample of the same reports, in one
    process in the same run: reports/s, beside ``dag=labels``'s share of the run (ingest, parse,
    extract, agreement) per core.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,6 +58,13 @@ def stage_records(out: Path) -> dict[str, dict]:
     return records
 
 
+def median_part(out: Path, stage: str) -> float:
+    """The median seconds of a stage's parts: a part's own work, without the first imports a
+    fresh worker pays in its first part (a ``stage=`` run starts its own cluster)."""
+    seconds = [json.loads(p.read_text())["seconds"] for p in (out / "_state" / stage).glob("part-*.json")]
+    return statistics.median(seconds) if seconds else 0.0
+
+
 def phase_split(timing: dict) -> str:
     """The parts' seconds by phase: what a part spends reading, on the stage's work, checking
     accounting and writing (conform, Parquet, commit, marker)."""
@@ -64,21 +76,23 @@ def phase_split(timing: dict) -> str:
     return "; parts: " + ", ".join(f"{k} {100 * phases[k] / total:.0f}%" for k in order)
 
 
-def run_dag(tree: Path, dump: Path, out: Path, workers: int) -> tuple[float, dict[str, dict], int]:
-    """``dag=preprocess`` with defaults by the pipeline in ``tree``, in a fresh process: (wall
-    seconds with process start, stage records, peak RSS of the largest worker)."""
-    command = [
+def _command(dump: Path, out: Path, workers: int, what: str) -> list[str]:
+    return [
         sys.executable,
         "-m",
         "pipeline.run",
-        "dag=preprocess",
+        what,
         "dataset=mimic_cxr",
         f"dataset.root={dump}",
         f"out={out}",
         f"cluster.n_workers={workers}",
         "progress=false",
     ]
-    # the tree's own package first, for the CLI and (through the environment) its workers
+
+
+def _run(tree: Path, command: list[str]) -> tuple[float, int]:
+    """One CLI run by the pipeline in ``tree`` (its package first, for the CLI and, through the
+    environment, its workers): (wall seconds, peak RSS of the largest worker)."""
     env = {**os.environ, "PYTHONPATH": str(tree)}
     start = time.perf_counter()
     proc = subprocess.Popen(
@@ -86,10 +100,34 @@ def run_dag(tree: Path, dump: Path, out: Path, workers: int) -> tuple[float, dic
     )
     with ChildPeakRSS(proc.pid) as rss:
         _, stderr = proc.communicate()
-    seconds = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"the run in {tree} failed ({proc.returncode}):\n{stderr[-4000:]}")
-    return seconds, stage_records(out), rss.peak
+        raise SystemExit(f"{' '.join(command[3:5])} in {tree} failed ({proc.returncode}):\n{stderr[-4000:]}")
+    return time.perf_counter() - start, rss.peak
+
+
+def run_dag(tree: Path, dump: Path, out: Path, workers: int) -> tuple[float, dict[str, dict], int]:
+    """``dag=preprocess`` with defaults by the pipeline in ``tree``, in a fresh process: (wall
+    seconds with process start, stage records, peak RSS of the largest worker)."""
+    seconds, peak = _run(tree, _command(dump, out, workers, "dag=preprocess"))
+    return seconds, stage_records(out), peak
+
+
+def interleaved(
+    trees: dict[str, Path], dump: Path, work: Path, workers: int
+) -> dict[str, tuple[dict[str, dict], int]]:
+    """The preprocess DAG stage by stage (``stage=<name>``, one process each), the versions in
+    turn for every stage, who goes first alternating: a pair of runs of one stage lies minutes
+    apart at most, so the machine's drift hardly enters their ratio. Returns, per version, the
+    stage records and the largest worker's peak RSS."""
+    from pipeline.core.dag import load_dag
+
+    peaks = dict.fromkeys(trees, 0)
+    order = list(trees)
+    for k, stage in enumerate(s.name for s in load_dag("preprocess").stages):
+        for label in order if k % 2 == 0 else order[::-1]:
+            _, peak = _run(trees[label], _command(dump, work / f"run-{label}", workers, f"stage={stage}"))
+            peaks[label] = max(peaks[label], peak)
+    return {label: (stage_records(work / f"run-{label}"), peaks[label]) for label in trees}
 
 
 def describe(
@@ -139,23 +177,32 @@ def main(argv: list[str]) -> None:
             with timed() as gen:
                 generate_demo_dump(dump, n_reports=n, seed=0, dicom_fraction=0.0)
             figures.append((f"demo dump, {n:,} reports (not counted below)", f"{gen['seconds']:.0f} s"))
-        runs: dict[str, tuple[float, dict[str, dict], int]] = {}
+        seconds, records, peak = run_dag(REPO, dump, work / "run", workers)
+        figures += describe("this tree", seconds, records, peak, workers)
         if before:
             with git_tree(before, REPO) as tree:
-                runs[f"before ({before})"] = run_dag(tree, dump, work / "run-before", workers)
-        runs["this tree"] = run_dag(REPO, dump, work / "run", workers)
-        for label, (seconds, records, peak) in runs.items():
-            figures += describe(label, seconds, records, peak, workers)
-        if before:
-            (b_s, b_rec, b_peak), (a_s, a_rec, a_peak) = runs.values()
-            figures.append((f"before / after, whole run ({before} / this tree)", f"{b_s / a_s:.2f}x"))
+                pairs = interleaved({"before": tree, "after": REPO}, dump, work, workers)
+            (b_rec, b_peak), (a_rec, a_peak) = pairs["before"], pairs["after"]
+
+            def total(recs: dict[str, dict]) -> float:
+                return sum(r["timings"]["stage_seconds"] for r in recs.values())
+
+            figures.append(
+                (
+                    f"before ({before}) -> after, stage by stage in turn: the stages' seconds",
+                    f"{total(b_rec):.0f} -> {total(a_rec):.0f} s ({total(b_rec) / total(a_rec):.2f}x)",
+                )
+            )
             for name in sorted(a_rec, key=lambda k: -b_rec.get(k, a_rec[k])["timings"]["stage_seconds"]):
                 if name in b_rec:
                     b, a = b_rec[name]["timings"]["stage_seconds"], a_rec[name]["timings"]["stage_seconds"]
-                    figures.append((f"  {name}", f"{b:.1f} -> {a:.1f} s ({b / max(a, 1e-9):.2f}x)"))
-            figures.append(("  worker peak RSS", f"{mib(b_peak)} -> {mib(a_peak)}"))
+                    text = f"{b:.1f} -> {a:.1f} s ({b / max(a, 1e-9):.2f}x)"
+                    if get_stage(name).kind != "corpus":
+                        mb, ma = median_part(work / "run-before", name), median_part(work / "run-after", name)
+                        text += f"; median part {mb:.2f} -> {ma:.2f} s ({mb / max(ma, 1e-9):.2f}x)"
+                    figures.append((f"  {name}", text))
+            figures.append(("  worker peak RSS (largest worker, sampled)", f"{mib(b_peak)} -> {mib(a_peak)}"))
         out = work / "run"
-        records = runs["this tree"][1]
         reports = records["ingest"]["rows_out"]
         labels_s = sum(records[s]["timings"]["stage_seconds"] for s in LABELS if s in records)
 
