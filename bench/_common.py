@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -68,10 +71,8 @@ class ChildPeakRSS(PeakRSS):
 def git_tree(rev: str, repo: Path) -> Iterator[Path]:
     """A detached worktree of ``repo`` at ``rev`` (removed afterwards): an earlier version of the
     pipeline to run beside this one, in the same run of a benchmark."""
-    import subprocess
-    import tempfile
-
-    path = Path(tempfile.mkdtemp(prefix="bench-before-")) / "tree"
+    parent = Path(tempfile.mkdtemp(prefix="bench-before-"))
+    path = parent / "tree"
     subprocess.run(
         ["git", "worktree", "add", "--detach", str(path), rev], cwd=repo, check=True, capture_output=True
     )
@@ -79,6 +80,7 @@ def git_tree(rev: str, repo: Path) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(path)], cwd=repo, check=False)
+        shutil.rmtree(parent, ignore_errors=True)
 
 
 @contextmanager

@@ -98,8 +98,9 @@ def hardneg_rewrite(tables: Mapping[str, pa.Table], *, config: HardnegConfig) ->
             sentences.setdefault(s["report_id"], []).append(s)
     mentions: dict[tuple[str, int], list[dict[str, Any]]] = {}
     # only what a flip or a variant reads: the mention rows' other columns cost their conversion
-    used = ["report_id", "sentence_idx", "start", "end", "text", "finding", "status", "cue", "rule"]
-    for m in tables["mentions"].select([*used, "cue_start", "cue_end", "modifiers"]).to_pylist():
+    used = ["report_id", "sentence_idx", "start", "end", "text", "finding", "status", "rule"]
+    used += ["cue", "cue_start", "cue_end", "modifiers"]
+    for m in tables["mentions"].select(used).to_pylist():
         mentions.setdefault((m["report_id"], m["sentence_idx"]), []).append(m)
 
     rows: list[dict[str, Any]] = []
