@@ -12,12 +12,13 @@ only boundaries are the termination phrases ("but", "however", ";").
 Entities are :class:`Ent` tuples in ``doc.user_data[ENTS_KEY]`` (the lexicon matcher puts them
 there), and the decisions go to ``doc.user_data``, not to spaCy ``Span`` objects and their ``._``
 extensions: building those for every entity, several times per doc, cost more than the matching.
+Tokens are read from :class:`Tokens`, the doc's words as plain lists: indexing a ``Doc`` makes a
+new ``Token`` object at every look, and that was the engine's most called function.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import NamedTuple
 
 from negspacy.negation import Negex
@@ -59,6 +60,55 @@ _DEVICE_PARTS = frozenset({"tip", "tips", "end", "ends"})
 _CONJUNCTIONS = frozenset({"and", "or", "nor", "and/or"})
 _PUNCT_NAMES = {"?": "question_mark", ";": "semicolon", ":": "colon", ".": "period", ",": "comma"}
 ENTS_KEY = "c2c_ents"
+TOKENS_KEY = "c2c_tokens"
+
+
+class Tokens:
+    """A doc's tokens as plain lists, read from spaCy once per doc (see the module doc).
+
+    ``lowers`` are the tokens' ``lower_`` (spaCy's LOWER is ``str.lower`` of the token text), and
+    ``starts``/``ends`` their character offsets in ``text``.
+    """
+
+    __slots__ = ("alpha", "ends", "lower", "lowers", "punct", "starts", "text", "texts")
+
+    def __init__(self, doc: Doc) -> None:
+        texts: list[str] = []
+        starts: list[int] = []
+        punct: list[bool] = []
+        alpha: list[bool] = []
+        for t in doc:
+            texts.append(t.text)
+            starts.append(t.idx)
+            punct.append(t.is_punct)
+            alpha.append(t.is_alpha)
+        self.text = doc.text
+        self.lower = self.text.lower()
+        self.texts = texts
+        self.lowers = [w.lower() for w in texts]
+        self.starts = starts
+        self.ends = [a + len(w) for a, w in zip(starts, texts, strict=True)]
+        self.punct = punct
+        self.alpha = alpha
+
+    def __len__(self) -> int:
+        return len(self.texts)
+
+    def chars(self, start: int, end: int) -> tuple[int, int]:
+        """Character span of tokens ``start:end`` (not empty)."""
+        return self.starts[start], self.ends[end - 1]
+
+    def span_text(self, start: int, end: int) -> str:
+        """``doc[start:end].text``."""
+        return self.text[self.starts[start] : self.ends[end - 1]] if start < end else ""
+
+
+def tokens_of(doc: Doc) -> Tokens:
+    """The doc's :class:`Tokens`, made on first use and kept in ``doc.user_data[TOKENS_KEY]``."""
+    toks = doc.user_data.get(TOKENS_KEY)
+    if toks is None:
+        toks = doc.user_data[TOKENS_KEY] = Tokens(doc)
+    return toks
 
 
 class Ent(NamedTuple):
@@ -86,8 +136,7 @@ def rule_slug(phrase: str) -> str:
     return slug or "symbol"
 
 
-@dataclass(frozen=True)
-class Cue:
+class Cue(NamedTuple):
     """A cue match in token offsets of its doc. ``direction`` is preceding or following."""
 
     direction: str
@@ -231,10 +280,26 @@ class CueNegex(Negex):
         self.phrases: dict[str, str] = {}
         for phrase in [*neg_termset["preceding_negations"], *neg_termset["following_negations"]]:
             self.phrases.setdefault(" ".join(t.lower_ for t in nlp.make_doc(phrase)), phrase)
-        self._label_direction = {
-            nlp.vocab.strings["Preceding"]: "preceding",
-            nlp.vocab.strings["Following"]: "following",
-        }
+        strings = nlp.vocab.strings
+        self._label_direction = {strings["Preceding"]: "preceding", strings["Following"]: "following"}
+        self._pseudo_id = strings["pseudo"]
+        self._kind_of = {strings["Preceding"]: 0, strings["Following"]: 1, strings["Termination"]: 2}
+        # (match id, lower-cased cue) -> what a Cue needs besides its place and text
+        self._cue_rules: dict[tuple[int, str], tuple[str, str, bool, bool]] = {}
+
+    def process_negations(self, doc: Doc) -> tuple[list, list, list]:
+        """negspacy's: the termset's matches less those starting inside a pseudo cue (its end
+        included), split into preceding, following and terminating; match ids compared as ids."""
+        out: tuple[list, list, list] = ([], [], [])
+        matches = self.matcher(doc)
+        pseudo = [(s, e) for m, s, e in matches if m == self._pseudo_id]
+        kind_of = self._kind_of
+        for m, s, e in matches:
+            kind = kind_of.get(m)
+            if kind is None or (pseudo and any(a <= s <= b for a, b in pseudo)):
+                continue
+            out[kind].append((m, s, e))
+        return out
 
     def termination_boundaries(self, doc: Doc, terminating: list) -> list[tuple[int, int]]:
         # Negex reads doc.sents, which a blank pipeline does not set; a doc here is one sentence.
@@ -250,24 +315,26 @@ class CueNegex(Negex):
         after_words = [(s, e) for key, s, e in aux if key.startswith(self.and_clause_aux)]
         if not before_words and not after_words:
             return []
+        toks = tokens_of(doc)
+        texts, lowers, punct = toks.texts, toks.lowers, toks.punct
         findings = [e for e in doc_ents(doc) if e.label_.startswith(self.alternative_labels or ("",))]
         starts = []
-        for i, token in enumerate(doc):
-            comma = token.text == ","
-            if not comma and token.lower_ != "and":
+        for i, (text, lower) in enumerate(zip(texts, lowers, strict=True)):
+            comma = text == ","
+            if not comma and lower != "and":
                 continue
             nxt = next((e for e in findings if e.start > i), None)
-            if nxt is None or nxt.start - i > 4 or any(t.is_punct for t in doc[i + 1 : nxt.start]):
+            if nxt is None or nxt.start - i > 4 or any(punct[i + 1 : nxt.start]):
                 continue
             # "no pneumothorax, small left effusion": its own size or severity, unless a list goes on
-            rest = doc[nxt.end :]
-            stop = next((k for k, t in enumerate(rest) if t.text in (";", ".")), len(rest))
+            rest = texts[nxt.end :]
+            stop = next((k for k, t in enumerate(rest) if t in (";", ".")), len(rest))
             # (a list goes on: "or"/"nor" after it, a conjunction after the comma, or commas
             # before the "and": "no consolidation, pneumothorax, or large effusion")
             listed = (
-                any(t.lower_ in ("or", "nor") for t in rest[:stop])
-                or any(t.lower_ in _CONJUNCTIONS for t in doc[i + 1 : nxt.start])
-                or (not comma and any(t.text == "," for t in doc[:i]))
+                any(w in ("or", "nor") for w in lowers[nxt.end : nxt.end + stop])
+                or any(w in _CONJUNCTIONS for w in lowers[i + 1 : nxt.start])
+                or (not comma and "," in texts[:i])
             )
             sized = not listed and any(i < s and e <= nxt.end for s, e in before_words)
             # "no pneumothorax and effusion is unchanged": its own predicate, a word after it that
@@ -275,7 +342,7 @@ class CueNegex(Negex):
             predicate = any(
                 nxt.end <= s
                 and e <= nxt.end + 4
-                and not any(t.is_punct or t.lower_ in _CONJUNCTIONS for t in doc[nxt.end : s])
+                and not any(punct[k] or lowers[k] in _CONJUNCTIONS for k in range(nxt.end, s))
                 and not any(f.start >= e and f.start - e <= 3 for f in findings)
                 for s, e in after_words
             )
@@ -283,20 +350,20 @@ class CueNegex(Negex):
                 starts.append(i + 1 if comma else i)
         return starts
 
-    def _cue(self, match_id: int, start: int, end: int, doc: Doc) -> Cue:
-        direction = self._label_direction[match_id]
-        span = doc[start:end]
-        key = " ".join(t.lower_ for t in span)
-        prefix = self.probable_prefix if key in self.probable else self.rule_prefix
-        return Cue(
-            direction,
-            start,
-            end,
-            span.text,
-            f"{prefix}.{direction}.{rule_slug(self.phrases.get(key, key))}",
-            alternative=key in self.alternative,
-            removal=key in self.removal,
-        )
+    def _cue(self, match_id: int, start: int, end: int, toks: Tokens) -> Cue:
+        key = " ".join(toks.lowers[start:end])
+        rule = self._cue_rules.get((match_id, key))
+        if rule is None:
+            direction = self._label_direction[match_id]
+            prefix = self.probable_prefix if key in self.probable else self.rule_prefix
+            rule = self._cue_rules[match_id, key] = (
+                direction,
+                f"{prefix}.{direction}.{rule_slug(self.phrases.get(key, key))}",
+                key in self.alternative,
+                key in self.removal,
+            )
+        direction, rule_id, alternative, removal = rule
+        return Cue(direction, start, end, toks.span_text(start, end), rule_id, alternative, removal)
 
     def _alternative_reaches(
         self, cue: Cue, ent: Ent, ents: list[Ent], doc: Doc, b_start: int, b_end: int
@@ -318,10 +385,11 @@ class CueNegex(Negex):
             if not ent.label_.startswith(self.alternative_labels):
                 return False
             ents = [e for e in ents if e.label_.startswith(self.alternative_labels)]
+        toks = tokens_of(doc)
         # a differential joins its neighbours: a few words at most between, no punctuation
         # ("effusion, possibly from pleuritis or ..." is no differential of the effusion)
-        gap = doc[cue.end : ent.start] if before else doc[ent.end : cue.start]
-        if any(t.is_punct for t in gap):
+        gap = range(cue.end, ent.start) if before else range(ent.end, cue.start)
+        if any(toks.punct[gap.start : gap.stop]):
             return False
         if len(gap) > ALTERNATIVE_GAP:
             # or a longer site: "atelectasis in the right midlung zone versus scarring"
@@ -329,7 +397,7 @@ class CueNegex(Negex):
                 i for key, s, e in doc.user_data.get(self.aux_key, ()) if key[0] in "NL" for i in range(s, e)
             }
             if len(gap) > ALTERNATIVE_SITE_GAP or not all(
-                t.i in sites or t.lower_ in _SITE_WORDS for t in gap
+                i in sites or toks.lowers[i] in _SITE_WORDS for i in gap
             ):
                 return False
         if cue.direction == "preceding":
@@ -337,42 +405,47 @@ class CueNegex(Negex):
                 return False
             other = [e for e in ents if e.end <= cue.start]
             other_one = max(other, key=lambda e: e.end) if other else None
-            neighbour = doc[cue.start - 1] if cue.start - 1 >= b_start else None
+            neighbour = cue.start - 1 if cue.start - 1 >= b_start else None
         else:
             if any(e.start >= ent.end and e.end <= cue.start for e in ents):
                 return False
             other = [e for e in ents if e.start >= cue.end]
             other_one = min(other, key=lambda e: e.start) if other else None
-            neighbour = doc[cue.end] if cue.end < b_end else None
+            neighbour = cue.end if cue.end < b_end else None
         if other_one is not None:
             return True
-        if neighbour is None or not neighbour.is_alpha:
+        if neighbour is None or not toks.alpha[neighbour]:
             return False
         if cue.direction == "following":
             return True
         # "acute or subacute fracture", "mild or moderate effusion": the alternatives are the
         # finding's modifiers, the finding itself is stated
         modifiers = [(s, e) for key, s, e in doc.user_data.get(self.aux_key, ()) if key.startswith("M|")]
-        return not any(s <= neighbour.i < e for s, e in modifiers)
+        return not any(s <= neighbour < e for s, e in modifiers)
 
     @staticmethod
-    def _own_subject(doc: Doc, ents: list[Ent], ent: Ent, cue: Cue) -> bool:
+    def _own_subject(toks: Tokens, ents: list[Ent], ent: Ent, cue: Cue) -> bool:
         """Whether a following cue has its own subject after a comma, out of ``ent``'s clause:
         "small right effusion, pneumonia cannot be excluded" hedges the pneumonia only, while
         "pneumothorax, effusion, or consolidation is not seen" is one list."""
-        commas = [t.i for t in doc[ent.end : cue.start] if t.text == ","]
+        commas = [i for i in range(ent.end, cue.start) if toks.texts[i] == ","]
         if not commas:
             return False
-        segment = doc[commas[-1] + 1 : cue.start]
-        return any(segment.start <= e.start and e.end <= segment.end for e in ents) and not any(
-            t.lower_ in _CONJUNCTIONS for t in segment
+        start = commas[-1] + 1
+        return any(start <= e.start and e.end <= cue.start for e in ents) and not any(
+            w in _CONJUNCTIONS for w in toks.lowers[start : cue.start]
         )
 
     def negex(self, doc: Doc) -> Doc:
+        all_ents = doc_ents(doc)
+        if not all_ents:
+            # nothing to decide, and the engine reads no cue of a doc without mentions
+            doc.user_data[self.extension_name] = {"cues": [], "boundaries": [], "decided": {}}
+            return doc
+        toks = tokens_of(doc)
         preceding, following, terminating = self.process_negations(doc)
         boundaries = self.termination_boundaries(doc, terminating)
-        cues = [self._cue(m, s, e, doc) for m, s, e in preceding + following]
-        all_ents = doc_ents(doc)
+        cues = [self._cue(m, s, e, toks) for m, s, e in preceding + following]
         decided: dict[tuple[int, int], tuple[Cue | None, Cue | None]] = {}
         for b_start, b_end in boundaries:
             inside = [c for c in cues if b_start <= c.start < b_end]
@@ -394,7 +467,7 @@ class CueNegex(Negex):
                         cue.direction == "following"
                         and ent.label_ in self.removal_labels
                         and any(
-                            t.lower_ in _DEVICE_PARTS for t in doc[max(b_start, ent.start - 3) : cue.start]
+                            w in _DEVICE_PARTS for w in toks.lowers[max(b_start, ent.start - 3) : cue.start]
                         )
                     ):
                         # "enteric tube below the diaphragm, tip not seen": the tip, not the tube
@@ -425,7 +498,7 @@ class CueNegex(Negex):
                         and not any(
                             ent.end <= p_start and p_end <= cue.start for p_start, p_end in preceding_spans
                         )
-                        and not self._own_subject(doc, ents, ent, cue)
+                        and not self._own_subject(toks, ents, ent, cue)
                     )
                     if reaches and (
                         best is None or cue.distance(ent.start, ent.end) < best.distance(ent.start, ent.end)

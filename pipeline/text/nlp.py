@@ -28,7 +28,7 @@ from spacy.util import filter_spans
 
 from pipeline.text import negation as _negation  # noqa: F401  (registers the clip2clinic_negex factory)
 from pipeline.text.lexicon import SUPPORT_DEVICES, Anchor, Finding, Lexicon, load_lexicon
-from pipeline.text.negation import ENTS_KEY, Cue, Ent, cues_of, decide
+from pipeline.text.negation import ENTS_KEY, TOKENS_KEY, Cue, Ent, Tokens, cues_of, decide
 
 NEG_EXT = "c2c_neg"
 UNC_EXT = "c2c_unc"
@@ -64,25 +64,6 @@ class MentionHit(NamedTuple):
     cue_end: int | None = None
     # (kind, value, start, end) of each anatomy / laterality / modifier word given to the mention
     modifiers: tuple[tuple[str, str, int, int], ...] = ()
-
-
-class DocText:
-    """A doc's text, lower-cased text and (on first use) its tokens' lower forms, computed once
-    for the matchers that read them."""
-
-    __slots__ = ("_doc", "_lowers", "lower", "text")
-
-    def __init__(self, doc: Doc) -> None:
-        self._doc = doc
-        self.text = doc.text
-        self.lower = self.text.lower()
-        self._lowers: list[str] | None = None
-
-    @property
-    def token_lowers(self) -> list[str]:
-        if self._lowers is None:
-            self._lowers = [t.lower_ for t in self._doc]
-        return self._lowers
 
 
 class _Matchers:
@@ -123,16 +104,15 @@ class _Matchers:
         if phrases:
             self.phrase.add(key, phrases)
 
-    def __call__(self, doc: Doc, text: DocText) -> list[tuple[int, int, int]]:
-        """Matches (key id, start token, end token); ``text``: the doc's text, shared by callers
-        (``doc.text`` joins every token again at each call)."""
+    def __call__(self, doc: Doc, toks: Tokens) -> list[tuple[int, int, int]]:
+        """Matches (key id, start token, end token); ``toks``: the doc's tokens, shared by callers."""
         matches = self.phrase(doc)
-        if "/" in text.text:
-            matches += self._slash_compounds(text.token_lowers, {(s, e) for _, s, e in matches})
+        if "/" in toks.text:
+            matches += self._slash_compounds(toks.lowers, {(s, e) for _, s, e in matches})
         prefixes = self.prefixes
-        if self.prefix_re is None or not self.prefix_re.search(text.lower):
+        if self.prefix_re is None or not self.prefix_re.search(toks.lower):
             return matches
-        lowers = text.token_lowers
+        lowers = toks.lowers
         for i, low in enumerate(lowers):
             if not low.startswith(prefixes):
                 continue
@@ -196,11 +176,11 @@ class LexiconMatcher:
 
     def __call__(self, doc: Doc) -> Doc:
         strings = doc.vocab.strings
-        text = DocText(doc)
+        toks = doc.user_data[TOKENS_KEY] = Tokens(doc)
         # spaCy's own overlap rule for doc.ents; it reads only .start and .end, so tuples do
-        doc.user_data[ENTS_KEY] = filter_spans([Ent(strings[m], s, e) for m, s, e in self.ents(doc, text)])
+        doc.user_data[ENTS_KEY] = filter_spans([Ent(strings[m], s, e) for m, s, e in self.ents(doc, toks)])
         by_kind: dict[str, list[tuple[str, int, int]]] = {}
-        for m, s, e in self.aux(doc, text):
+        for m, s, e in self.aux(doc, toks):
             key = strings[m]
             by_kind.setdefault(key[0] if key[0] != "M" else key[: key.index("|", 2)], []).append((key, s, e))
         aux: list[tuple[str, int, int]] = []
@@ -301,11 +281,6 @@ def build_nlp(lexicon_dir: str | None = None) -> Language:
 
 # status, cue text, rule id, and the cue's character span in the sentence (None when no cue)
 Decision = tuple[str, str | None, str, tuple[int, int] | None]
-
-
-def _chars(doc: Doc, start: int, end: int) -> tuple[int, int]:
-    span = doc[start:end]
-    return span.start_char, span.end_char
 
 
 class TextEngine:
@@ -438,16 +413,17 @@ class TextEngine:
         if not ents:
             return []
         lex = self.lexicon
+        toks: Tokens = doc.user_data[TOKENS_KEY]
         boundaries = doc.user_data[NEG_EXT]["boundaries"]
-        chunk = [0] * len(doc)
+        chunk = [0] * len(toks)
         for k, (a, b) in enumerate(boundaries):
             for i in range(a, b):
                 chunk[i] = k
-        attached, qualifiers = self._attach(doc, ents, chunk)
+        attached, qualifiers = self._attach(doc, toks, ents, chunk)
         hits: list[MentionHit] = []
         for j, ent in enumerate(ents):
             kind, ident = ent.label_.split("|", 1)
-            words = self._words_of(doc, attached[j])
+            words = self._words_of(toks, attached[j])
             place = self._anatomy_of({k: v[0] for k, v in attached[j].items()})
             if kind == "F":
                 finding = lex.findings[ident]
@@ -455,10 +431,10 @@ class TextEngine:
                     decided: Decision = ("present", None, f"statement.{finding.id}", None)
                 else:
                     decided = self._status(ent, ents, doc)
-                hits.append(self._hit(doc, ent, finding, finding.observation, decided, place, words))
+                hits.append(self._hit(toks, ent, finding, finding.observation, decided, place, words))
                 continue
             anchor = lex.anchors[ident]
-            qual = self._qualifier(ent, qualifiers, chunk, ents, doc)
+            qual = self._qualifier(ent, qualifiers, chunk, ents, toks)
             for reading in anchor.readings:
                 finding = lex.findings[reading.finding]
                 observation = finding.observation if reading.counts_toward_label else None
@@ -468,11 +444,13 @@ class TextEngine:
                     decided = self._status(ent, ents, doc)
                 else:
                     continue
-                hits.append(self._hit(doc, ent, finding, observation, decided, place, words))
+                hits.append(self._hit(toks, ent, finding, observation, decided, place, words))
         return hits
 
     @staticmethod
-    def _words_of(doc: Doc, mods: dict[str, tuple[str, int, int]]) -> tuple[tuple[str, str, int, int], ...]:
+    def _words_of(
+        toks: Tokens, mods: dict[str, tuple[str, int, int]]
+    ) -> tuple[tuple[str, str, int, int], ...]:
         """The attached words as (kind, value, start char, end char), anatomy first."""
         out = []
         packed = mods.get("anatomy") or mods.get("anatomy_in")
@@ -482,11 +460,11 @@ class TextEngine:
             if kind in mods:
                 value, s, e = mods[kind]
                 out.append((kind, value, s, e))
-        return tuple((k, v, doc[s].idx, doc[e - 1].idx + len(doc[e - 1].text)) for k, v, s, e in out)
+        return tuple((k, v, toks.starts[s], toks.ends[e - 1]) for k, v, s, e in out)
 
     def _hit(
         self,
-        doc: Doc,
+        toks: Tokens,
         ent: Ent,
         finding: Finding,
         observation: str | None,
@@ -500,11 +478,11 @@ class TextEngine:
         if finding.refine and anatomy in finding.refine:
             finding = self.lexicon.findings[finding.refine[anatomy]]
             observation = finding.observation if observation is not None else None
-        span = doc[ent.start : ent.end]
+        start, end = toks.chars(ent.start, ent.end)
         return MentionHit(
-            span.start_char,
-            span.end_char,
-            span.text,
+            start,
+            end,
+            toks.text[start:end],
             finding.id,
             observation,
             status,
@@ -528,6 +506,7 @@ class TextEngine:
         "X versus Y" rule after negation, "no effusion and/or pneumothorax" denies both, while
         "likely atelectasis versus pneumonia" stays a differential.
         """
+        toks: Tokens = doc.user_data[TOKENS_KEY]
         neg, _ = cues_of(doc, NEG_EXT, ent)
         unc, alt = cues_of(doc, UNC_EXT, ent)
         if extra is not None:
@@ -540,16 +519,16 @@ class TextEngine:
             between = any(neg.end <= e.start and e.end <= unc.start for e in ents)
         cue = decide(neg, unc, (ent.start, ent.end), between)
         if cue is not None and cue.rule.startswith(self._neg_prefix):
-            return "absent", cue.text, cue.rule, _chars(doc, cue.start, cue.end)
+            return "absent", cue.text, cue.rule, toks.chars(cue.start, cue.end)
         probable = (
             cue is not None and bool(self._probable_prefix) and cue.rule.startswith(self._probable_prefix)
         )
         if alt is not None and (cue is None or probable):
-            return "uncertain", alt.text, alt.rule, _chars(doc, alt.start, alt.end)
+            return "uncertain", alt.text, alt.rule, toks.chars(alt.start, alt.end)
         if cue is None:
             return "present", None, "default.present", None
         status = "present" if probable else "uncertain"
-        return status, cue.text, cue.rule, _chars(doc, cue.start, cue.end)
+        return status, cue.text, cue.rule, toks.chars(cue.start, cue.end)
 
     def _qualified(
         self,
@@ -561,7 +540,7 @@ class TextEngine:
         qual: tuple[str, int, int, str],
     ) -> Decision:
         group, q_start, q_end, q_text = qual
-        q_span = _chars(doc, q_start, q_end)
+        q_span = doc.user_data[TOKENS_KEY].chars(q_start, q_end)
         if status == "absent":
             return "absent", q_text, f"normal.{anchor.id}_{group}", q_span
         # "the heart is possibly enlarged": a cue between the anchor and its qualifier still counts.
@@ -585,7 +564,7 @@ class TextEngine:
         qualifiers: list[tuple[str, int, int, str]],
         chunk: list[int],
         ents: list[Ent],
-        doc: Doc,
+        toks: Tokens,
         claimed: bool = True,
     ) -> tuple[str, int, int, str] | None:
         """The nearest qualifier after (up to 8 tokens) or just before (up to 2) the anchor.
@@ -606,10 +585,10 @@ class TextEngine:
                 continue
             if s >= ent.end and s - ent.end <= QUALIFIER_AFTER:
                 d = s - ent.end
-                if any(t.text == "," for t in doc[ent.end : s]) and any(
+                if "," in toks.texts[ent.end : s] and any(
                     other.start >= e
                     and other.start - e <= QUALIFIER_PREMODIFIES
-                    and not any(t.is_punct for t in doc[e : other.start])
+                    and not any(toks.punct[e : other.start])
                     for other in ents
                 ):
                     continue
@@ -619,7 +598,7 @@ class TextEngine:
                     o.label_[0] == "A"
                     and o.end <= s
                     and chunk[o.start] == c
-                    and TextEngine._qualifier(o, qualifiers, chunk, ents, doc, claimed=False) == q
+                    and TextEngine._qualifier(o, qualifiers, chunk, ents, toks, claimed=False) == q
                     for o in ents
                 ):
                     continue
@@ -630,7 +609,7 @@ class TextEngine:
         return best
 
     def _attach(
-        self, doc: Doc, ents: list[Ent], chunk: list[int]
+        self, doc: Doc, toks: Tokens, ents: list[Ent], chunk: list[int]
     ) -> tuple[list[dict[str, tuple[str, int, int]]], list[tuple[str, int, int, str]]]:
         """Give each anatomy/laterality/modifier match to its nearest mention in the same clause.
 
@@ -664,7 +643,7 @@ class TextEngine:
                 # "engorgement" in "heart size and vascular engorgement appear normal" is the
                 # congestion finding, not a qualifier of the heart
                 if not finding_tokens.intersection(range(s, e)):
-                    qualifiers.append((key[2:], s, e, doc[s:e].text))
+                    qualifiers.append((key[2:], s, e, toks.span_text(s, e)))
                 continue
             window = MODIFIER_WINDOW if tag == "M" else ANATOMY_WINDOW
             target, target_key = -1, (10**9, 1)
