@@ -2,13 +2,15 @@
 
     python bench/profile_text.py [data=../shared/data] [repeat=3] [cache=true] [top=0]
                                  [worker=TABLE.csv] [n=40000] [part_size=1975]
+                                 [before=REV] [pairs=4]
 
 One process, no Dask. The 2,793 Open-i reports are parsed once; ``extract`` then runs ``repeat``
 times (the sentence memo emptied before each; ``cache=false`` turns it off) and the fastest run
 is split into (each step's fastest of ``repeat`` timings):
 
 * **tokenizer, lexicon matcher, negation, uncertainty**: each spaCy step timed alone on exactly the
-  texts the engine sent to spaCy in that run, in pipeline order; the lexicon matcher's own
+  texts the engine sent to spaCy in that run, in pipeline order (the tokenizer: the engine's
+  ``make_doc``, spaCy's tokenizer plus the token lists every later step reads); the lexicon matcher's own
   PhraseMatcher calls are shown apart from the rest of it (prefix terms, slash compounds, overlap
   removal);
 * **mentions (our Python)**: ``TextEngine._mentions`` on those docs (cues, anatomy, qualifiers,
@@ -24,6 +26,12 @@ table bench/runner.py writes) adds a worker's view: ``extract`` on ``n`` reports
 parts of ``part_size``, the memo kept from part to part, in two fresh processes: as the engine
 loads (its objects frozen out of the collector, ``gc.freeze``) and with them unfrozen again.
 
+``before=REV`` compares ``extract`` of an earlier version (a git worktree at REV) with this
+tree's, in one process each on the same parsed reports: ``pairs`` pairs of fresh processes, who
+goes first alternating (this machine's speed drifts over minutes, so only neighbours compare),
+each timing its best of ``repeat``. It prints both versions' seconds per pair, the ratio of
+their medians, and whether their ``mentions``, ``labels`` and ``findings`` are equal.
+
 ``top=N`` adds cProfile's N functions with the most own time (cProfile slows Python code, so
 its shares are a guide, the split above the measure).
 """
@@ -32,19 +40,25 @@ from __future__ import annotations
 
 import cProfile
 import gc
+import json
+import os
 import pstats
+import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import pyarrow as pa  # noqa: E402
-from _common import print_figures  # noqa: E402
+from _common import git_tree, print_figures  # noqa: E402
 from accuracy_openi import load_openi  # noqa: E402
 
 from pipeline.text.config import ExtractConfig  # noqa: E402
 from pipeline.text.extract import extract  # noqa: E402
+from pipeline.text.negation import TOKENS_KEY  # noqa: E402
 from pipeline.text.nlp import TextEngine, load_engine  # noqa: E402
 from pipeline.text.parse import ParseConfig, parse  # noqa: E402
 
@@ -93,10 +107,10 @@ def one_run(engine: TextEngine, tables: dict[str, pa.Table], config: ExtractConf
         finally:
             inside["analyse"] += time.perf_counter() - t0
 
-    def recording_pipe(texts, **kwargs):  # type: ignore[no-untyped-def]
-        texts = list(texts)
-        sent.extend(texts)
-        return pipe(texts, **kwargs)
+    def recording_pipe(docs, **kwargs):  # type: ignore[no-untyped-def]
+        docs = list(docs)  # the engine's docs, tokenized (engine.make_doc)
+        sent.extend(d.user_data[TOKENS_KEY].text for d in docs)
+        return pipe(docs, **kwargs)
 
     engine.analyse, engine.nlp.pipe = timed_analyse, recording_pipe  # type: ignore[method-assign]
     try:
@@ -114,7 +128,7 @@ def split_spacy(engine: TextEngine, texts: list[str]) -> dict[str, float]:
     nlp = engine.nlp
     out: dict[str, float] = {}
     t0 = time.perf_counter()
-    docs = [nlp.make_doc(t) for t in texts]
+    docs = [engine.make_doc(t) for t in texts]
     out["tokenizer"] = time.perf_counter() - t0
     for name, proc in nlp.pipeline:
         if name == "clip2clinic_lexicon":
@@ -185,6 +199,84 @@ def worker_rows(table: Path, n: int, part_size: int) -> list[tuple[str, str]]:
     return rows
 
 
+# One timing in a fresh process of the version on PYTHONPATH: extract of the parsed tables in
+# argv[1] (Arrow IPC, one table per name), best of argv[2] runs with the memo emptied before each;
+# prints the seconds, and writes the last run's outputs to argv[3]. Uses only calls every version
+# since 1873cc0 has.
+_TIMING = """
+import json, sys, time
+import pyarrow as pa
+from pipeline.text.extract import ExtractConfig, extract
+from pipeline.text.nlp import load_engine
+source, repeat, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+tables = {}
+for name in ("reports", "sentences", "sections"):
+    with pa.ipc.open_file(f"{source}/{name}.arrow") as f:
+        tables[name] = f.read_all()
+engine = load_engine()
+config = ExtractConfig()
+best = float("inf")
+for _ in range(repeat + 1):  # the first run warms (first calls, lazy imports)
+    engine.clear_cache()
+    t0 = time.perf_counter()
+    result = extract(tables, config=config)
+    best = min(best, time.perf_counter() - t0) if _ else best
+for name in ("mentions", "labels", "findings"):
+    with pa.ipc.new_file(f"{out}/{name}.arrow", result[name].schema) as w:
+        w.write_table(result[name])
+print(json.dumps({"seconds": best}))
+"""
+
+
+def _save_tables(tables: dict[str, pa.Table], folder: Path) -> None:
+    for name, table in tables.items():
+        with pa.ipc.new_file(folder / f"{name}.arrow", table.schema) as w:
+            w.write_table(table)
+
+
+def _load_tables(folder: Path) -> dict[str, pa.Table]:
+    out = {}
+    for name in ("mentions", "labels", "findings"):
+        with pa.ipc.open_file(folder / f"{name}.arrow") as f:
+            out[name] = f.read_all()
+    return out
+
+
+def before_after(rev: str, tables: dict[str, pa.Table], pairs: int, repeat: int) -> list[tuple[str, str]]:
+    """``extract`` of ``rev`` and of this tree, in turn (see the module doc)."""
+    with tempfile.TemporaryDirectory(prefix="profile-text-") as tmp, git_tree(rev, REPO) as tree:
+        work = Path(tmp)
+        _save_tables(tables, work)
+        seconds: dict[str, list[float]] = {"before": [], "after": []}
+        results = {}
+        for k in range(pairs):
+            for version in ("before", "after") if k % 2 == 0 else ("after", "before"):
+                root = tree if version == "before" else REPO
+                out = work / version
+                out.mkdir(exist_ok=True)
+                env = {**os.environ, "PYTHONPATH": str(root)}
+                done = subprocess.run(
+                    [sys.executable, "-c", _TIMING, str(work), str(repeat), str(out)],
+                    cwd=root, env=env, check=True, capture_output=True, text=True,
+                )  # fmt: skip
+                seconds[version].append(json.loads(done.stdout.strip().splitlines()[-1])["seconds"])
+                results[version] = _load_tables(out)
+        equal = all(results["before"][n].equals(results["after"][n]) for n in results["before"])
+    n = tables["reports"].num_rows
+    rows = [
+        (f"pair {k + 1} ({'before' if k % 2 == 0 else 'after'} first)", f"{b:.3f} -> {a:.3f} s")
+        for k, (b, a) in enumerate(zip(seconds["before"], seconds["after"], strict=True))
+    ]
+    med_b, med_a = statistics.median(seconds["before"]), statistics.median(seconds["after"])
+    rows += [
+        (f"{rev} (median of pairs)", f"{med_b:.3f} s ({n / med_b:,.0f} reports/s)"),
+        ("this tree (median of pairs)", f"{med_a:.3f} s ({n / med_a:,.0f} reports/s)"),
+        ("speed-up", f"{med_b / med_a:.2f}x"),
+        ("mentions, labels, findings equal", "yes" if equal else "NO"),
+    ]
+    return rows
+
+
 def main(argv: list[str]) -> None:
     args = dict(a.split("=", 1) for a in argv)
     data = Path(args.get("data", REPO.parent / "shared" / "data"))
@@ -234,6 +326,10 @@ def main(argv: list[str]) -> None:
         n_worker, part_size = int(args.get("n", 40_000)), int(args.get("part_size", 1975))
         title = f"a worker's parts: {n_worker:,} reports of {args['worker']}, parts of {part_size:,}"
         print_figures(title, worker_rows(Path(args["worker"]), n_worker, part_size))
+
+    if "before" in args:
+        title = f"extract before / after, one process each, {args['before']} / this tree (best of {repeat})"
+        print_figures(title, before_after(args["before"], tables, int(args.get("pairs", 4)), repeat))
 
     if top:
         engine.clear_cache()

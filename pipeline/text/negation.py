@@ -18,10 +18,12 @@ new ``Token`` object at every look, and that was the engine's most called functi
 
 from __future__ import annotations
 
+import functools
 import re
 from typing import NamedTuple
 
 from negspacy.negation import Negex
+from spacy.lang import lex_attrs
 from spacy.language import Language
 from spacy.tokens import Doc
 
@@ -66,33 +68,44 @@ TOKENS_KEY = "c2c_tokens"
 class Tokens:
     """A doc's tokens as plain lists, read from spaCy once per doc (see the module doc).
 
-    ``lowers`` are the tokens' ``lower_`` (spaCy's LOWER is ``str.lower`` of the token text), and
-    ``starts``/``ends`` their character offsets in ``text``.
+    ``lowers`` are the tokens' ``lower_`` and ``punct``/``alpha`` their ``is_punct``/``is_alpha``,
+    computed by the same functions spaCy's blank English applies to a new word (``str.lower``,
+    :func:`spacy.lang.lex_attrs.is_punct`, ``str.isalpha``), the flags on first use; ``starts`` and
+    ``ends`` are character offsets in ``text``. ``text``: the doc's text when the caller has it
+    (``doc.text`` joins every token again).
     """
 
-    __slots__ = ("alpha", "ends", "lower", "lowers", "punct", "starts", "text", "texts")
+    __slots__ = ("_alpha", "_punct", "ends", "lower", "lowers", "starts", "text", "texts")
 
-    def __init__(self, doc: Doc) -> None:
+    def __init__(self, doc: Doc, text: str | None = None) -> None:
         texts: list[str] = []
         starts: list[int] = []
-        punct: list[bool] = []
-        alpha: list[bool] = []
         for t in doc:
             texts.append(t.text)
             starts.append(t.idx)
-            punct.append(t.is_punct)
-            alpha.append(t.is_alpha)
-        self.text = doc.text
+        self.text = doc.text if text is None else text
         self.lower = self.text.lower()
         self.texts = texts
         self.lowers = [w.lower() for w in texts]
         self.starts = starts
         self.ends = [a + len(w) for a, w in zip(starts, texts, strict=True)]
-        self.punct = punct
-        self.alpha = alpha
+        self._punct: list[bool] | None = None
+        self._alpha: list[bool] | None = None
 
     def __len__(self) -> int:
         return len(self.texts)
+
+    @property
+    def punct(self) -> list[bool]:
+        if self._punct is None:
+            self._punct = [_is_punct(w) for w in self.texts]
+        return self._punct
+
+    @property
+    def alpha(self) -> list[bool]:
+        if self._alpha is None:
+            self._alpha = [w.isalpha() for w in self.texts]
+        return self._alpha
 
     def chars(self, start: int, end: int) -> tuple[int, int]:
         """Character span of tokens ``start:end`` (not empty)."""
@@ -101,6 +114,9 @@ class Tokens:
     def span_text(self, start: int, end: int) -> str:
         """``doc[start:end].text``."""
         return self.text[self.starts[start] : self.ends[end - 1]] if start < end else ""
+
+
+_is_punct = functools.lru_cache(maxsize=1 << 16)(lex_attrs.is_punct)
 
 
 def tokens_of(doc: Doc) -> Tokens:

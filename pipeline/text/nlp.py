@@ -28,7 +28,7 @@ from spacy.util import filter_spans
 
 from pipeline.text import negation as _negation  # noqa: F401  (registers the clip2clinic_negex factory)
 from pipeline.text.lexicon import SUPPORT_DEVICES, Anchor, Finding, Lexicon, load_lexicon
-from pipeline.text.negation import ENTS_KEY, TOKENS_KEY, Cue, Ent, Tokens, cues_of, decide
+from pipeline.text.negation import ENTS_KEY, TOKENS_KEY, Cue, Ent, Tokens, cues_of, decide, tokens_of
 
 NEG_EXT = "c2c_neg"
 UNC_EXT = "c2c_unc"
@@ -176,7 +176,7 @@ class LexiconMatcher:
 
     def __call__(self, doc: Doc) -> Doc:
         strings = doc.vocab.strings
-        toks = doc.user_data[TOKENS_KEY] = Tokens(doc)
+        toks = tokens_of(doc)
         # spaCy's own overlap rule for doc.ents; it reads only .start and .end, so tuples do
         doc.user_data[ENTS_KEY] = filter_spans([Ent(strings[m], s, e) for m, s, e in self.ents(doc, toks)])
         by_kind: dict[str, list[tuple[str, int, int]]] = {}
@@ -336,7 +336,7 @@ class TextEngine:
         if todo:
             uniq = list(todo)
             prepared = [self._prepare(t) for t in uniq]
-            docs = self.nlp.pipe((p[0] for p in prepared), batch_size=batch_size)
+            docs = self.nlp.pipe((self.make_doc(p[0]) for p in prepared), batch_size=batch_size)
             for text, (_, offsets), doc in zip(uniq, prepared, docs, strict=True):
                 hits = tuple(self._to_original(h, text, offsets) for h in self._mentions(doc))
                 self.stats["parsed"] += 1
@@ -347,6 +347,12 @@ class TextEngine:
 
     def clear_cache(self) -> None:
         self._cache.clear()
+
+    def make_doc(self, text: str) -> Doc:
+        """The tokenized doc of a prepared text, its :class:`Tokens` made from the text at hand."""
+        doc = self.nlp.make_doc(text)
+        doc.user_data[TOKENS_KEY] = Tokens(doc, text)
+        return doc
 
     # -- text preparation --------------------------------------------------------------------------
     def _has_term(self, text: str) -> bool:
