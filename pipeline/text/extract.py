@@ -23,11 +23,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from pipeline.core.errors import PipelineError, reject_table
-from pipeline.core.schemas import conform
+from pipeline.core.schemas import conform, load_schema
 from pipeline.text.config import INDICATION_SECTIONS, ExtractConfig  # noqa: F401 (re-exported)
 from pipeline.text.labels import findings_table, label_table, typed_table
 from pipeline.text.lexicon import load_lexicon
-from pipeline.text.nlp import TextEngine, load_engine
+from pipeline.text.nlp import MentionHit, TextEngine, load_engine
 from pipeline.text.windows import sentence_windows
 
 log = logging.getLogger(__name__)
@@ -126,6 +126,7 @@ def _reading_order(sentences: pa.Table, report_ids: list[str]) -> tuple[np.ndarr
     return rows, rank[rows]
 
 
+_MODIFIERS_TYPE = load_schema("mentions").arrow().field("modifiers").type
 # Mention columns copied as they are from the engine's hits (offsets are made report-relative).
 _HIT_FIELDS = (
     "text",
@@ -212,21 +213,40 @@ def _mentions(
     # Column by column: the sentence of each hit, then each field over all hits at once.
     at = [i for i, sentence_hits in enumerate(hits) for _ in sentence_hits]
     flat = [h for sentence_hits in hits for h in sentence_hits]
+    field = dict(
+        zip(
+            MentionHit._fields,
+            zip(*flat, strict=True) if flat else [()] * len(MentionHit._fields),
+            strict=True,
+        )
+    )
     base = [sent["start"][i] for i in at]
-    cols: dict[str, list] = {
+    cols: dict[str, list | pa.Array] = {
         name: [sent[name][i] for i in at] for name in ("report_id", "section", "sentence_idx")
     }
-    cols["start"] = [b + h.start for b, h in zip(base, flat, strict=True)]
-    cols["end"] = [b + h.end for b, h in zip(base, flat, strict=True)]
+    cols["start"] = [b + x for b, x in zip(base, field["start"], strict=True)]
+    cols["end"] = [b + x for b, x in zip(base, field["end"], strict=True)]
     for name in _HIT_FIELDS:
-        cols[name] = [getattr(h, name) for h in flat]
-    cols["cue_start"] = [
-        None if h.cue_start is None else b + h.cue_start for b, h in zip(base, flat, strict=True)
-    ]
-    cols["cue_end"] = [None if h.cue_end is None else b + h.cue_end for b, h in zip(base, flat, strict=True)]
-    cols["modifiers"] = [
-        [{"kind": k, "value": v, "start": b + x, "end": b + y} for k, v, x, y in h.modifiers]
-        for b, h in zip(base, flat, strict=True)
-    ]
+        cols[name] = list(field[name])
+    for name in ("cue_start", "cue_end"):
+        cols[name] = [None if x is None else b + x for b, x in zip(base, field[name], strict=True)]
+    cols["modifiers"] = _modifiers(base, field["modifiers"])
     cols["in_labeled_section"] = [flags[i] for i in at]
     return typed_table(cols, "mentions")
+
+
+def _modifiers(base: list[int], per_hit: tuple[tuple[tuple[str, str, int, int], ...], ...]) -> pa.Array:
+    """``mentions.modifiers`` from each hit's (kind, value, start, end) words, offsets moved by
+    ``base`` (the sentence's start in the report): built as Arrow arrays, not a dict per word."""
+    offsets = [0]
+    words = []
+    for b, mods in zip(base, per_hit, strict=True):
+        words.extend((k, v, b + x, b + y) for k, v, x, y in mods)
+        offsets.append(len(words))
+    target = _MODIFIERS_TYPE
+    columns = zip(*words, strict=True) if words else [()] * 4
+    struct = pa.StructArray.from_arrays(
+        [pa.array(list(c), type=f.type) for c, f in zip(columns, target.value_type, strict=True)],
+        fields=list(target.value_type),
+    )
+    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, type=target)

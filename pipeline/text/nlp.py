@@ -178,7 +178,8 @@ class LexiconMatcher:
         strings = doc.vocab.strings
         toks = tokens_of(doc)
         # spaCy's own overlap rule for doc.ents; it reads only .start and .end, so tuples do
-        doc.user_data[ENTS_KEY] = filter_spans([Ent(strings[m], s, e) for m, s, e in self.ents(doc, toks)])
+        ents = [Ent(strings[m], s, e) for m, s, e in self.ents(doc, toks)]
+        doc.user_data[ENTS_KEY] = filter_spans(ents) if len(ents) > 1 else ents
         by_kind: dict[str, list[tuple[str, int, int]]] = {}
         for m, s, e in self.aux(doc, toks):
             key = strings[m]
@@ -192,6 +193,8 @@ class LexiconMatcher:
 
 def _longest(matches: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
     """Non-overlapping matches, longest first (as spaCy's filter_spans, on tuples)."""
+    if len(matches) < 2:
+        return matches
     taken: set[int] = set()
     out = []
     for key, s, e in sorted(matches, key=lambda m: (m[1] - m[2], m[1])):
