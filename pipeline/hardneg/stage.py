@@ -52,14 +52,23 @@ def reading(findings: Any) -> str:
     return ";".join(sorted({f"{f}={s}" for f, s in findings}))
 
 
-def _table(rows: list[dict[str, Any]], dataset: str) -> pa.Table:
-    schema = load_schema(dataset).arrow()
-    return conform(
-        pa.Table.from_arrays(
-            [pa.array([r.get(f.name) for r in rows], type=f.type) for f in schema], schema=schema
-        ),
-        dataset,
-    )
+# A candidate row is a tuple in this order (cheaper than a dict per row; columns by name below).
+_CANDIDATE = (
+    "candidate_id", "report_id", "kind", "finding", "method", "sentence_idx", "original", "flipped",
+    "original_status", "flipped_status", "texts", "expected", "chosen", "report", "omitted",
+    "negation", "location", "template_set", "subject_id", "study_id", "split",
+)  # fmt: skip
+
+
+def _candidates(rows: list[tuple[Any, ...]]) -> pa.Table:
+    """``hardneg_candidates`` from ``_CANDIDATE`` tuples; a schema column not among them fails."""
+    schema = load_schema("hardneg_candidates").arrow()
+    columns = zip(*rows, strict=True) if rows else [()] * len(_CANDIDATE)
+    arrays = {
+        name: pa.array(list(col), type=schema.field(name).type)
+        for name, col in zip(_CANDIDATE, columns, strict=True)
+    }
+    return _select(pa.table(arrays), "hardneg_candidates")
 
 
 def _select(table: pa.Table, dataset: str) -> pa.Table:
@@ -103,17 +112,12 @@ def hardneg_rewrite(tables: Mapping[str, pa.Table], *, config: HardnegConfig) ->
     for m in tables["mentions"].select(used).to_pylist():
         mentions.setdefault((m["report_id"], m["sentence_idx"]), []).append(m)
 
-    rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
     rejected = []
     for rep in reports:
         rid = rep["report_id"]
         sents = sorted(sentences.get(rid, []), key=lambda s: s["sentence_idx"])
-        ids = {
-            "report_id": rid,
-            "subject_id": rep["subject_id"],
-            "study_id": rep["study_id"],
-            "split": rep["split"],
-        }
+        ids = (rep["subject_id"], rep["study_id"], rep["split"])
         before = len(rows)
         if config.flips:
             # a sentence written twice in a report (findings and impression) gives its pairs once
@@ -131,40 +135,43 @@ def hardneg_rewrite(tables: Mapping[str, pa.Table], *, config: HardnegConfig) ->
                         (f.finding, f.flipped_status)
                     ]
                     rows.append(
-                        {
-                            **ids,
-                            "candidate_id": f"{rid}|s{s['sentence_idx']}|{f.finding}|{f.flipped_status}|{f.method}",
-                            "kind": "flip",
-                            "finding": f.finding,
-                            "method": f.method,
-                            "sentence_idx": s["sentence_idx"],
-                            "original": s["text"],
-                            "flipped": f.text or None,
-                            "original_status": f.original_status,
-                            "flipped_status": f.flipped_status,
-                            "texts": [f.text] if f.text else [],
-                            "expected": [reading(expected)] if f.text else [],
-                        }
+                        (
+                            f"{rid}|s{s['sentence_idx']}|{f.finding}|{f.flipped_status}|{f.method}",
+                            rid,
+                            "flip",
+                            f.finding,
+                            f.method,
+                            s["sentence_idx"],
+                            s["text"],
+                            f.text or None,
+                            f.original_status,
+                            f.flipped_status,
+                            [f.text] if f.text else [],
+                            [reading(expected)] if f.text else [],
+                            *(None,) * 6,  # chosen .. template_set: denials only
+                            *ids,
+                        )
                     )
         if config.variants:
-            rows.extend(_variants(ids, sents, mentions, rules.denials, config))
+            rows.extend(_variants(rid, ids, sents, mentions, rules.denials, config))
         if len(rows) == before:
             rejected.append((rid, "no_findings", "no sentence of the labeled sections mentions a finding"))
     return {
-        "hardneg_candidates": _table(rows, "hardneg_candidates"),
+        "hardneg_candidates": _candidates(rows),
         "rejects": conform(reject_table("hardneg_rewrite", "hardneg_candidates", rejected), "rejects"),
     }
 
 
 def _variants(
-    ids: dict[str, Any],
+    rid: str,
+    ids: tuple[Any, ...],
     sents: list[dict[str, Any]],
     mentions: Mapping[tuple[str, int], list[dict[str, Any]]],
     denials: Mapping[str, tuple[str, ...]],
     config: HardnegConfig,
-) -> list[dict[str, Any]]:
-    """One denial candidate per finding present in the report (the omitted + negated report)."""
-    rid = ids["report_id"]
+) -> list[tuple[Any, ...]]:
+    """One denial candidate per finding present in the report (the omitted + negated report);
+    ``ids``: the report's subject, study and split."""
     kept: list[tuple[str, set[str], str]] = []  # (cleaned text, findings mentioned, expected reading)
     present: dict[str, str] = {}  # finding -> its phrase, first present mention
     for s in sents:
@@ -188,7 +195,7 @@ def _variants(
             kept.append((text, {m["finding"] for m in ms}, reading((m["finding"], m["status"]) for m in ms)))
     if not present:
         return []
-    template_set = "benchmark" if ids["split"] in config.benchmark_splits else "train"
+    template_set = "benchmark" if ids[2] in config.benchmark_splits else "train"
     templates = denials[template_set]
     report = " ".join(t for t, _, _ in kept)
     out = []
@@ -203,24 +210,27 @@ def _variants(
         texts = place([t for t, _ in rest], sentence, location)
         expected = place([e for _, e in rest], reading([(finding, "absent")]), location)
         out.append(
-            {
-                **ids,
-                "candidate_id": f"{rid}|denial|{finding}",
-                "kind": "denial",
-                "finding": finding,
-                "method": f"{template_set}.{k}",
-                "flipped": sentence,
-                "original_status": "present",
-                "flipped_status": "absent",
-                "texts": texts,
-                "expected": expected,
-                "chosen": phrase,
-                "report": report,
-                "omitted": " ".join(t for t, _ in rest),
-                "negation": " ".join(texts),
-                "location": location,
-                "template_set": template_set,
-            }
+            (
+                f"{rid}|denial|{finding}",
+                rid,
+                "denial",
+                finding,
+                f"{template_set}.{k}",
+                None,  # sentence_idx, original: flips only
+                None,
+                sentence,
+                "present",
+                "absent",
+                texts,
+                expected,
+                phrase,
+                report,
+                " ".join(t for t, _ in rest),
+                " ".join(texts),
+                location,
+                template_set,
+                *ids,
+            )
         )
     return out
 
