@@ -59,7 +59,7 @@ from accuracy_openi import load_openi  # noqa: E402
 from pipeline.text.config import ExtractConfig  # noqa: E402
 from pipeline.text.extract import extract  # noqa: E402
 from pipeline.text.negation import TOKENS_KEY  # noqa: E402
-from pipeline.text.nlp import TextEngine, load_engine  # noqa: E402
+from pipeline.text.nlp import TextEngine, collector_paused, load_engine  # noqa: E402
 from pipeline.text.parse import ParseConfig, parse  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,6 +125,11 @@ def one_run(engine: TextEngine, tables: dict[str, pa.Table], config: ExtractConf
 
 def split_spacy(engine: TextEngine, texts: list[str]) -> dict[str, float]:
     """Each spaCy step alone on ``texts``, in pipeline order, then the engine's own Python."""
+    with collector_paused():  # as inside analyse
+        return _split_spacy(engine, texts)
+
+
+def _split_spacy(engine: TextEngine, texts: list[str]) -> dict[str, float]:
     nlp = engine.nlp
     out: dict[str, float] = {}
     t0 = time.perf_counter()

@@ -27,7 +27,7 @@ from pipeline.core.schemas import conform, load_schema
 from pipeline.text.config import INDICATION_SECTIONS, ExtractConfig  # noqa: F401 (re-exported)
 from pipeline.text.labels import findings_table, label_table, typed_table
 from pipeline.text.lexicon import load_lexicon
-from pipeline.text.nlp import MentionHit, TextEngine, load_engine
+from pipeline.text.nlp import MentionHit, TextEngine, collector_paused, load_engine
 from pipeline.text.windows import sentence_windows
 
 log = logging.getLogger(__name__)
@@ -157,6 +157,11 @@ def extract(tables: Mapping[str, pa.Table], *, config: ExtractConfig) -> dict[st
     per window, and the same rows.
     """
     _check_inputs(tables, config)
+    with collector_paused():
+        return _extract(tables, config)
+
+
+def _extract(tables: Mapping[str, pa.Table], config: ExtractConfig) -> dict[str, pa.Table]:
     lexicon = load_lexicon(config.lexicon_dir)
     engine = load_engine(lexicon.source, config.cache_size)
     report_ids = tables["reports"].column("report_id").to_pylist()
