@@ -430,7 +430,7 @@ class TextEngine:
         if not ents:
             return []
         lex = self.lexicon
-        toks: Tokens = doc.user_data[TOKENS_KEY]
+        toks = tokens_of(doc)
         boundaries = doc.user_data[NEG_EXT]["boundaries"]
         chunk = [0] * len(toks)
         for k, (a, b) in enumerate(boundaries):
@@ -523,7 +523,7 @@ class TextEngine:
         "X versus Y" rule after negation, "no effusion and/or pneumothorax" denies both, while
         "likely atelectasis versus pneumonia" stays a differential.
         """
-        toks: Tokens = doc.user_data[TOKENS_KEY]
+        toks = tokens_of(doc)
         neg, _ = cues_of(doc, NEG_EXT, ent)
         unc, alt = cues_of(doc, UNC_EXT, ent)
         if extra is not None:
@@ -557,7 +557,7 @@ class TextEngine:
         qual: tuple[str, int, int, str],
     ) -> Decision:
         group, q_start, q_end, q_text = qual
-        q_span = doc.user_data[TOKENS_KEY].chars(q_start, q_end)
+        q_span = tokens_of(doc).chars(q_start, q_end)
         if status == "absent":
             return "absent", q_text, f"normal.{anchor.id}_{group}", q_span
         # "the heart is possibly enlarged": a cue between the anchor and its qualifier still counts.
