@@ -29,7 +29,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 
@@ -512,12 +512,54 @@ def flips(text: str, mentions: Sequence[Mapping[str, Any]], base: int = 0) -> li
     return out
 
 
+class MentionRow(NamedTuple):
+    """What a flip or a report variant reads of one ``mentions`` row (offsets in the report);
+    ``modifiers``: (kind, value, start, end) of each word."""
+
+    start: int
+    end: int
+    text: str
+    finding: str
+    status: str
+    rule: str
+    cue: str | None
+    cue_start: int | None
+    cue_end: int | None
+    modifiers: tuple[tuple[str, str, int, int], ...]
+
+
 def _rel(v: int | None, base: int) -> int | None:
     return None if v is None else v - base
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _flips_of(key: tuple[str, tuple[tuple[Any, ...], ...]]) -> tuple[Flip, ...]:
+# A sentence and the layout of its mentions, offsets relative to the sentence: all a flip reads.
+FlipKey = tuple[str, tuple[tuple[Any, ...], ...]]
+
+
+def flip_key(text: str, mentions: Sequence[MentionRow], base: int = 0) -> FlipKey:
+    """``text`` and its mentions' layout: what :func:`flips_of_key` reads, and a key to remember
+    its flips by (a dump repeats its sentences: "No pneumothorax." is in most reports)."""
+    return (
+        text,
+        tuple(
+            (
+                m.finding,
+                m.status,
+                m.rule,
+                m.start - base,
+                m.end - base,
+                m.cue,
+                _rel(m.cue_start, base),
+                _rel(m.cue_end, base),
+                tuple((k, a - base, b - base) for k, _, a, b in m.modifiers),
+            )
+            for m in mentions
+        ),
+    )
+
+
+def flips_of_key(key: FlipKey) -> list[Flip]:
+    """:func:`flips` of a sentence given as its :func:`flip_key`."""
     text, ms = key
     mentions = [
         {
@@ -533,24 +575,4 @@ def _flips_of(key: tuple[str, tuple[tuple[Any, ...], ...]]) -> tuple[Flip, ...]:
         }
         for f, st, r, a, b, cue, ca, cb, words in ms
     ]
-    return tuple(flips(text, mentions))
-
-
-def cached_flips(text: str, mentions: Sequence[Mapping[str, Any]], base: int = 0) -> tuple[Flip, ...]:
-    """:func:`flips`, remembered per sentence text and mention layout: a dump repeats its
-    sentences ("No pneumothorax." is in most reports), and a flip depends on nothing else."""
-    ms = tuple(
-        (
-            m["finding"],
-            m["status"],
-            m["rule"],
-            m["start"] - base,
-            m["end"] - base,
-            m.get("cue"),
-            _rel(m.get("cue_start"), base),
-            _rel(m.get("cue_end"), base),
-            tuple((w["kind"], w["start"] - base, w["end"] - base) for w in m.get("modifiers") or ()),
-        )
-        for m in mentions
-    )
-    return _flips_of((text, ms))
+    return flips(text, mentions)

@@ -10,16 +10,18 @@ A candidate whose reading differs goes to ``rejects`` (``flip_failed``, the firs
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from pipeline.core.errors import reject_table
 from pipeline.core.registry import map_stage
 from pipeline.core.schemas import chexpert_observations, conform, load_schema
-from pipeline.hardneg.rewrite import cached_flips, load_rules
+from pipeline.hardneg.rewrite import Flip, FlipKey, MentionRow, flip_key, flips_of_key, load_rules
 from pipeline.hardneg.variants import clean, denial, draw, locations, place, site_phrase
 
 
@@ -87,6 +89,54 @@ def _labeled(tables: Mapping[str, pa.Table], config: HardnegConfig) -> set[tuple
     }
 
 
+def _sentences(
+    tables: Mapping[str, pa.Table], config: HardnegConfig
+) -> dict[str, list[tuple[int, int, str]]]:
+    """(sentence_idx, start, text) of each report's sentences that a rewrite reads, in order."""
+    labeled = _labeled(tables, config)
+    s = tables["sentences"].select(["report_id", "sentence_idx", "section_idx", "start", "text"])
+    out: dict[str, list[tuple[int, int, str]]] = {}
+    for rid, idx, section, start, text in zip(*(c.to_pylist() for c in s.columns), strict=True):
+        if labeled is None or (rid, section) in labeled:
+            out.setdefault(rid, []).append((idx, start, text))
+    for sents in out.values():
+        sents.sort(key=lambda x: x[0])
+    return out
+
+
+def _mentions(mentions: pa.Table) -> dict[tuple[str, int], list[MentionRow]]:
+    """Each sentence's mention rows, by (report_id, sentence_idx), column by column: only what a
+    flip or a variant reads, and ``modifiers`` from its Arrow child arrays (rows of nested dicts
+    cost more than the rewrites)."""
+    keys = [mentions.column(c).to_pylist() for c in ("report_id", "sentence_idx")]
+    columns = [mentions.column(c).to_pylist() for c in MentionRow._fields[:-1]]
+    modifiers = mentions.column("modifiers").combine_chunks()
+    lengths = pc.list_value_length(modifiers).to_pylist()
+    flat = pc.list_flatten(modifiers)
+    words = list(zip(*(flat.field(n).to_pylist() for n in ("kind", "value", "start", "end")), strict=True))
+    per_row = []
+    at = 0
+    for n in lengths:
+        per_row.append(tuple(words[at : at + n]))
+        at += n
+    out: dict[tuple[str, int], list[MentionRow]] = {}
+    for rid, idx, row in zip(*keys, map(MentionRow, *columns, per_row), strict=True):
+        out.setdefault((rid, idx), []).append(row)
+    return out
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _sentence_flips(key: FlipKey) -> tuple[tuple[Flip, str | None], ...]:
+    """The flips of a sentence (a :func:`flip_key`), each with the reading it must give (None when
+    no rewrite applies), remembered per key: flips depend on nothing else."""
+    statuses = [(m[0], m[1]) for m in key[1]]
+    out = []
+    for f in flips_of_key(key):
+        expected = [(g, st) for g, st in statuses if g != f.finding] + [(f.finding, f.flipped_status)]
+        out.append((f, reading(expected) if f.text else None))
+    return tuple(out)
+
+
 @map_stage(
     "hardneg_rewrite",
     version=2,
@@ -97,63 +147,46 @@ def _labeled(tables: Mapping[str, pa.Table], config: HardnegConfig) -> set[tuple
 def hardneg_rewrite(tables: Mapping[str, pa.Table], *, config: HardnegConfig) -> dict[str, pa.Table]:
     """Sentence flips and negated reports of one partition, each with the reading it must give."""
     rules = load_rules()
-    reports = tables["reports"].select(["report_id", "subject_id", "study_id", "split"]).to_pylist()
-    labeled = _labeled(tables, config)
-    sentences: dict[str, list[dict[str, Any]]] = {}
-    for s in (
-        tables["sentences"].select(["report_id", "sentence_idx", "section_idx", "start", "text"]).to_pylist()
-    ):
-        if labeled is None or (s["report_id"], s["section_idx"]) in labeled:
-            sentences.setdefault(s["report_id"], []).append(s)
-    mentions: dict[tuple[str, int], list[dict[str, Any]]] = {}
-    # only what a flip or a variant reads: the mention rows' other columns cost their conversion
-    used = ["report_id", "sentence_idx", "start", "end", "text", "finding", "status", "rule"]
-    used += ["cue", "cue_start", "cue_end", "modifiers"]
-    for m in tables["mentions"].select(used).to_pylist():
-        mentions.setdefault((m["report_id"], m["sentence_idx"]), []).append(m)
+    reports = tables["reports"].select(["report_id", "subject_id", "study_id", "split"])
+    sentences = _sentences(tables, config)
+    mentions = _mentions(tables["mentions"])
 
     rows: list[tuple[Any, ...]] = []
     rejected = []
-    for rep in reports:
-        rid = rep["report_id"]
-        sents = sorted(sentences.get(rid, []), key=lambda s: s["sentence_idx"])
-        ids = (rep["subject_id"], rep["study_id"], rep["split"])
+    for rid, *ids in zip(*(c.to_pylist() for c in reports.columns), strict=True):
+        sents = sentences.get(rid, [])
         before = len(rows)
         if config.flips:
             # a sentence written twice in a report (findings and impression) gives its pairs once
             done: set[tuple[str, str, str]] = set()
-            for s in sents:
-                ms = mentions.get((rid, s["sentence_idx"]), [])
+            for idx, start, text in sents:
+                ms = mentions.get((rid, idx))
                 if not ms:
                     continue
-                statuses = [(m["finding"], m["status"]) for m in ms]
-                for f in cached_flips(s["text"], ms, base=s["start"]):
-                    if (s["text"], f.finding, f.flipped_status) in done:
+                for f, expected in _sentence_flips(flip_key(text, ms, start)):
+                    if (text, f.finding, f.flipped_status) in done:
                         continue
-                    done.add((s["text"], f.finding, f.flipped_status))
-                    expected = [(g, st) for g, st in statuses if g != f.finding] + [
-                        (f.finding, f.flipped_status)
-                    ]
+                    done.add((text, f.finding, f.flipped_status))
                     rows.append(
                         (
-                            f"{rid}|s{s['sentence_idx']}|{f.finding}|{f.flipped_status}|{f.method}",
+                            f"{rid}|s{idx}|{f.finding}|{f.flipped_status}|{f.method}",
                             rid,
                             "flip",
                             f.finding,
                             f.method,
-                            s["sentence_idx"],
-                            s["text"],
+                            idx,
+                            text,
                             f.text or None,
                             f.original_status,
                             f.flipped_status,
                             [f.text] if f.text else [],
-                            [reading(expected)] if f.text else [],
+                            [expected] if f.text else [],
                             *(None,) * 6,  # chosen .. template_set: denials only
                             *ids,
                         )
                     )
         if config.variants:
-            rows.extend(_variants(rid, ids, sents, mentions, rules.denials, config))
+            rows.extend(_variants(rid, tuple(ids), sents, mentions, rules.denials, config))
         if len(rows) == before:
             rejected.append((rid, "no_findings", "no sentence of the labeled sections mentions a finding"))
     return {
@@ -165,34 +198,31 @@ def hardneg_rewrite(tables: Mapping[str, pa.Table], *, config: HardnegConfig) ->
 def _variants(
     rid: str,
     ids: tuple[Any, ...],
-    sents: list[dict[str, Any]],
-    mentions: Mapping[tuple[str, int], list[dict[str, Any]]],
+    sents: list[tuple[int, int, str]],
+    mentions: Mapping[tuple[str, int], list[MentionRow]],
     denials: Mapping[str, tuple[str, ...]],
     config: HardnegConfig,
 ) -> list[tuple[Any, ...]]:
     """One denial candidate per finding present in the report (the omitted + negated report);
-    ``ids``: the report's subject, study and split."""
+    ``sents``: the report's (sentence_idx, start, text); ``ids``: its subject, study and split."""
     kept: list[tuple[str, set[str], str]] = []  # (cleaned text, findings mentioned, expected reading)
     present: dict[str, str] = {}  # finding -> its phrase, first present mention
-    for s in sents:
-        ms = mentions.get((rid, s["sentence_idx"]), [])
+    for idx, _, sentence_text in sents:
+        ms = mentions.get((rid, idx), [])
         for m in ms:
             # a statement ("normal chest radiograph") has no denial the engine reads
-            if (
-                m["status"] == "present"
-                and m["finding"] not in present
-                and not m["rule"].startswith("statement.")
-            ):
+            if m.status == "present" and m.finding not in present and not m.rule.startswith("statement."):
                 # "the heart is enlarged": the mention is the structure; deny the finding by name
-                anchored = m["rule"].startswith("qual.")
-                present[m["finding"]] = (
-                    m["finding"].replace("_", " ")
-                    if anchored
-                    else site_phrase(m["finding"], m["text"], m.get("modifiers"))
+                present[m.finding] = (
+                    m.finding.replace("_", " ")
+                    if m.rule.startswith("qual.")
+                    else site_phrase(
+                        m.finding, m.text, [{"kind": k, "value": v} for k, v, _, _ in m.modifiers]
+                    )
                 )
-        text = clean(s["text"], bool(ms))
+        text = clean(sentence_text, bool(ms))
         if text is not None:
-            kept.append((text, {m["finding"] for m in ms}, reading((m["finding"], m["status"]) for m in ms)))
+            kept.append((text, {m.finding for m in ms}, reading((m.finding, m.status) for m in ms)))
     if not present:
         return []
     template_set = "benchmark" if ids[2] in config.benchmark_splits else "train"
