@@ -56,10 +56,11 @@ import pyarrow as pa  # noqa: E402
 from _common import git_tree, print_figures  # noqa: E402
 from accuracy_openi import load_openi  # noqa: E402
 
+from pipeline.core.collector import collector_paused  # noqa: E402
 from pipeline.text.config import ExtractConfig  # noqa: E402
 from pipeline.text.extract import extract  # noqa: E402
 from pipeline.text.negation import TOKENS_KEY  # noqa: E402
-from pipeline.text.nlp import TextEngine, collector_paused, load_engine  # noqa: E402
+from pipeline.text.nlp import TextEngine, load_engine  # noqa: E402
 from pipeline.text.parse import ParseConfig, parse  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

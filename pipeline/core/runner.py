@@ -27,6 +27,7 @@ import pyarrow.compute as pc
 from distributed import Client, as_completed
 
 from pipeline.core.cluster import ClusterConfig, dask_client  # noqa: F401 - re-exported
+from pipeline.core.collector import collector_paused
 from pipeline.core.dag import Dag
 from pipeline.core.errors import REJECT_REASONS, PipelineError
 from pipeline.core.io import REJECTS, STATE_DIR, Store, package_versions, stable_hash
@@ -213,10 +214,12 @@ def _commit_part(
     return marker
 
 
+@collector_paused()
 def run_source_part(
     out: str, stage_name: str, config: Any, index: int, spec: Any, fingerprint: str
 ) -> dict[str, Any]:
-    """Worker task: read one part of a dump, check rows_in == rows_out + rejects per dataset."""
+    """Worker task: read one part of a dump, check rows_in == rows_out + rejects per dataset
+    (the cyclic collector paused: :mod:`pipeline.core.collector`)."""
     started = time.perf_counter()
     stage = get_stage(stage_name)
     assert stage.read is not None
@@ -245,11 +248,13 @@ def run_source_part(
     )
 
 
+@collector_paused()
 def run_map_part(
     out: str, stage_name: str, config: Any, index: int, fingerprint: str, optional: tuple[str, ...] = ()
 ) -> dict[str, Any]:
     """Worker task: read one aligned part of every input (and of the ``optional`` inputs present),
-    run the stage, check accounting, write."""
+    run the stage, check accounting, write (the cyclic collector paused:
+    :mod:`pipeline.core.collector`)."""
     started = time.perf_counter()
     stage = get_stage(stage_name)
     store = Store(out)

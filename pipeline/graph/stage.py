@@ -25,6 +25,7 @@ import polars as pl
 import pyarrow as pa
 from distributed import as_completed
 
+from pipeline.core.collector import collector_paused
 from pipeline.core.errors import reject_table
 from pipeline.core.io import Store
 from pipeline.core.registry import CONTENT, corpus_stage, map_stage
@@ -148,6 +149,7 @@ def _grouped(store: Store, index: int) -> dict[str, tuple[list[dict], list[dict]
     return out
 
 
+@collector_paused()
 def _count_part(out: str, index: int) -> dict[str, Any]:
     """Worker task: per-concept counts and co-occurring pairs of one kg_entities part.
 
@@ -293,6 +295,7 @@ def embeddings_table(
     )
 
 
+@collector_paused()
 def _embed_part(
     out: str, fingerprint: str, index: int, config: GraphEmbeddingConfig, concepts: pa.Table | None
 ) -> dict[str, Any]:

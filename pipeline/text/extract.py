@@ -22,12 +22,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from pipeline.core.collector import collector_paused
 from pipeline.core.errors import PipelineError, reject_table
 from pipeline.core.schemas import conform, load_schema
 from pipeline.text.config import INDICATION_SECTIONS, ExtractConfig  # noqa: F401 (re-exported)
 from pipeline.text.labels import findings_table, label_table, typed_table
 from pipeline.text.lexicon import load_lexicon
-from pipeline.text.nlp import MentionHit, TextEngine, collector_paused, load_engine
+from pipeline.text.nlp import MentionHit, TextEngine, load_engine
 from pipeline.text.windows import sentence_windows
 
 log = logging.getLogger(__name__)

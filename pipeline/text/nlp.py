@@ -13,12 +13,11 @@ few seconds of set-up once. :meth:`TextEngine.analyse` turns sentence texts into
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import re
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import NamedTuple
 
 import spacy
@@ -27,6 +26,7 @@ from spacy.matcher import PhraseMatcher
 from spacy.tokens import Doc
 from spacy.util import filter_spans
 
+from pipeline.core.collector import collector_paused
 from pipeline.text import negation as _negation  # noqa: F401  (registers the clip2clinic_negex factory)
 from pipeline.text.lexicon import SUPPORT_DEVICES, Anchor, Finding, Lexicon, load_lexicon
 from pipeline.text.negation import ENTS_KEY, TOKENS_KEY, Cue, Ent, Tokens, cues_of, decide, tokens_of
@@ -321,7 +321,9 @@ class TextEngine:
     def analyse(self, texts: Sequence[str], batch_size: int = 256) -> list[tuple[MentionHit, ...]]:
         """Mentions of each sentence text, offsets relative to that text. Pure per text.
 
-        The cyclic collector is paused meanwhile (:func:`collector_paused`).
+        The cyclic collector is paused meanwhile (:func:`~pipeline.core.collector.collector_paused`):
+        the engine's docs and hits make no reference cycles, and its passes would only re-read
+        the memo.
         """
         with collector_paused():
             return self._analyse(texts, batch_size)
@@ -705,25 +707,6 @@ class TextEngine:
         if packed:
             anatomy, implied = packed.split("|")
         return anatomy, mods.get("laterality") or implied or None
-
-
-@contextlib.contextmanager
-def collector_paused() -> Iterator[None]:
-    """Pause the cyclic garbage collector, restored as it was on exit.
-
-    The engine's docs and hits, and the tables built from them, make no reference cycles (a
-    collection after extracting all Open-i reports finds none; a test keeps it so), so what they
-    free, reference counting frees. The collector's passes, triggered by their many small objects,
-    would only re-read the memo and whatever else the process holds.
-    """
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
 
 
 def load_nlp(lexicon_dir: str | None = None) -> Language:
