@@ -34,7 +34,6 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from distributed import as_completed
 
-from pipeline.core.collector import collector_paused
 from pipeline.core.errors import PipelineError, reject_table
 from pipeline.core.io import Store
 from pipeline.core.registry import corpus_stage, map_stage
@@ -210,7 +209,6 @@ def _aligned(ids: pa.Array, other_ids: pa.Array, values: np.ndarray) -> np.ndarr
     return out
 
 
-@collector_paused()
 def _prepare(out: str, config: SimilarityConfig, token: str) -> dict[str, Any]:
     """Worker task: read the inputs, build the index, write it to the staging folder."""
     store = Store(out)
@@ -295,7 +293,6 @@ def _forget() -> None:
     _load.cache_clear()
 
 
-@collector_paused()
 def _topk_part(
     out: str, fingerprint: str, part: int, lo: int, hi: int, config: SimilarityConfig, token: str
 ) -> dict[str, Any]:
