@@ -319,19 +319,25 @@ class CueNegex(Negex):
 
     def termination_boundaries(self, doc: Doc, terminating: list) -> list[tuple[int, int]]:
         # Negex reads doc.sents, which a blank pipeline does not set; a doc here is one sentence.
-        starts = sorted({0, *(t[1] for t in terminating), *self._clause_starts(doc), len(doc)})
+        n = len(doc)
+        clauses = self._clause_starts(doc)
+        if not terminating and not clauses:
+            return [(0, n)] if n else []
+        starts = sorted({0, *(t[1] for t in terminating), *clauses, n})
         return [(a, b) for a, b in zip(starts, starts[1:], strict=False) if a < b]
 
     def _clause_starts(self, doc: Doc) -> list[int]:
         """Token indices where a new clause opens at a comma or an "and" (see the class doc)."""
-        if self.aux_key is None or not doc_ents(doc):
+        if self.aux_key is None or not (self.comma_clause_aux or self.and_clause_aux) or not doc_ents(doc):
             return []
+        toks = tokens_of(doc)
+        if "," not in toks.texts and "and" not in toks.lowers:
+            return []  # (the cheap check first: most sentences have neither)
         aux = doc.user_data.get(self.aux_key, ())
         before_words = [(s, e) for key, s, e in aux if key.startswith(self.comma_clause_aux)]
         after_words = [(s, e) for key, s, e in aux if key.startswith(self.and_clause_aux)]
         if not before_words and not after_words:
             return []
-        toks = tokens_of(doc)
         texts, lowers, punct = toks.texts, toks.lowers, toks.punct
         findings = [e for e in doc_ents(doc) if e.label_.startswith(self.alternative_labels or ("",))]
         starts = []
