@@ -59,7 +59,6 @@ from accuracy_openi import load_openi  # noqa: E402
 from pipeline.core.collector import collector_paused  # noqa: E402
 from pipeline.text.config import ExtractConfig  # noqa: E402
 from pipeline.text.extract import extract  # noqa: E402
-from pipeline.text.negation import TOKENS_KEY  # noqa: E402
 from pipeline.text.nlp import TextEngine, load_engine  # noqa: E402
 from pipeline.text.parse import ParseConfig, parse  # noqa: E402
 
@@ -99,28 +98,27 @@ def one_run(engine: TextEngine, tables: dict[str, pa.Table], config: ExtractConf
     engine.clear_cache()
     sent: list[str] = []
     inside = {"analyse": 0.0}
-    analyse, pipe = engine.analyse, engine.nlp.pipe
+    analyse, make_doc = engine.analyse, engine.make_doc
 
-    def timed_analyse(texts, batch_size=256):  # type: ignore[no-untyped-def]
+    def timed_analyse(texts):  # type: ignore[no-untyped-def]
         t0 = time.perf_counter()
         try:
-            return analyse(texts, batch_size=batch_size)
+            return analyse(texts)
         finally:
             inside["analyse"] += time.perf_counter() - t0
 
-    def recording_pipe(docs, **kwargs):  # type: ignore[no-untyped-def]
-        docs = list(docs)  # the engine's docs, tokenized (engine.make_doc)
-        sent.extend(d.user_data[TOKENS_KEY].text for d in docs)
-        return pipe(docs, **kwargs)
+    def recording_make_doc(text):  # type: ignore[no-untyped-def]
+        sent.append(text)  # the prepared text of a sentence the engine sends to spaCy
+        return make_doc(text)
 
-    engine.analyse, engine.nlp.pipe = timed_analyse, recording_pipe  # type: ignore[method-assign]
+    engine.analyse, engine.make_doc = timed_analyse, recording_make_doc  # type: ignore[method-assign]
     try:
         with GCClock() as clock:
             t0 = time.perf_counter()
             extract(tables, config=config)
             total = time.perf_counter() - t0
     finally:
-        del engine.analyse, engine.nlp.pipe
+        del engine.analyse, engine.make_doc
     return {"total": total, "analyse": inside["analyse"], "texts": sent, "gc": clock}
 
 

@@ -30,7 +30,6 @@ class ExtractConfig:
         CheXpert labeler's behaviour); default False: such a report's row is all blank.
     lexicon_dir: a lexicon folder in the bundled format (None: the bundled lexicon).
     cache_size: distinct sentence texts memoised per process.
-    batch_size: ``nlp.pipe`` batch size.
     """
 
     labeled_sections: tuple[str, ...] = ()
@@ -38,7 +37,6 @@ class ExtractConfig:
     no_finding_without_mentions: bool = False
     lexicon_dir: str | None = field(default=None, metadata={CONTENT: True})
     cache_size: int = 100_000
-    batch_size: int = 256
 
 
 @dataclass(frozen=True)
@@ -47,4 +45,3 @@ class RereadConfig:
 
     lexicon_dir: str | None = field(default=None, metadata={CONTENT: True})
     cache_size: int = 100_000
-    batch_size: int = 256

@@ -215,7 +215,7 @@ def _mentions(
 ) -> pa.Table:
     """The ``mentions`` of some sentences (Python columns in reading order; ``flags``: whether
     each one's section counts), conformed to the schema."""
-    hits = engine.analyse(sent["text"], batch_size=config.batch_size)
+    hits = engine.analyse(sent["text"])
     # Column by column: the sentence of each hit, then each field over all hits at once.
     at = [i for i, sentence_hits in enumerate(hits) for _ in sentence_hits]
     flat = [h for sentence_hits in hits for h in sentence_hits]

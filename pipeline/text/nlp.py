@@ -6,7 +6,7 @@ few seconds of set-up once. :meth:`TextEngine.analyse` turns sentence texts into
 * a sentence with no lexicon word (cheap lower-cased word check) never reaches spaCy;
 * results are memoised per distinct sentence text (radiology repeats itself: "No pneumothorax."),
   as offsets relative to the sentence, in a bounded LRU;
-* the rest goes through ``nlp.pipe`` in one batch (never ``n_process > 1``).
+* the rest goes through the pipeline's components, one doc at a time, in this process.
 
 ``Doc`` objects never leave this module.
 """
@@ -206,6 +206,7 @@ def _longest(matches: list[tuple[str, int, int]]) -> list[tuple[str, int, int]]:
 
 
 _SLASH = re.compile(r"(?<=[A-Za-z])/(?=[A-Za-z])")
+_WORD = re.compile(r"[a-z0-9]+")  # a word of a lower-cased text, for the cheap pre-check
 # A list number glued to its item ("2.No effusion", "3)no edema", "(2)No effusion", and after the
 # previous item's period, "effusion.2.No pneumothorax"): split it off like "2. No", or the item's
 # first word (often its negation cue) is hidden inside one token.
@@ -307,7 +308,12 @@ class TextEngine:
             else:
                 words.update(re.findall(r"[a-z0-9]+", first)[:1])
         self._words = frozenset(words)
-        self._prefixes = tuple(sorted(prefixes))
+        # a prefix at the start of a word (a run of [a-z0-9], as _WORD finds them)
+        self._prefix_at = (
+            re.compile(r"(?<![a-z0-9])(?:" + "|".join(map(re.escape, sorted(prefixes))) + ")")
+            if prefixes
+            else None
+        )
         headers = sorted({h for h in lexicon.headers}, key=len, reverse=True)
         self._header = re.compile(
             r"(?i)(?<![A-Za-z])(?:" + "|".join(re.escape(h) for h in headers) + r")\s*:"
@@ -318,7 +324,7 @@ class TextEngine:
         )
 
     # -- public ----------------------------------------------------------------------------------
-    def analyse(self, texts: Sequence[str], batch_size: int = 256) -> list[tuple[MentionHit, ...]]:
+    def analyse(self, texts: Sequence[str]) -> list[tuple[MentionHit, ...]]:
         """Mentions of each sentence text, offsets relative to that text. Pure per text.
 
         The cyclic collector is paused meanwhile (:func:`~pipeline.core.collector.collector_paused`):
@@ -326,36 +332,43 @@ class TextEngine:
         the memo.
         """
         with collector_paused():
-            return self._analyse(texts, batch_size)
+            return self._analyse(texts)
 
-    def _analyse(self, texts: Sequence[str], batch_size: int) -> list[tuple[MentionHit, ...]]:
+    def _analyse(self, texts: Sequence[str]) -> list[tuple[MentionHit, ...]]:
         out: list[tuple[MentionHit, ...] | None] = [None] * len(texts)
         todo: dict[str, list[int]] = {}
         cache = self._cache
-        self.stats["sentences"] += len(texts)
+        cached = skipped = 0
         for i, text in enumerate(texts):
             hit = cache.pop(text, None)
             if hit is not None:
                 cache[text] = hit  # refresh: most recently used last
                 out[i] = hit
-                self.stats["cached"] += 1
+                cached += 1
             elif text in todo:
                 todo[text].append(i)
             elif not self._has_term(text):
                 out[i] = ()
-                self.stats["skipped"] += 1
+                skipped += 1
             else:
                 todo[text] = [i]
-        if todo:
-            uniq = list(todo)
-            prepared = [self._prepare(t) for t in uniq]
-            docs = self.nlp.pipe((self.make_doc(p[0]) for p in prepared), batch_size=batch_size)
-            for text, (_, offsets), doc in zip(uniq, prepared, docs, strict=True):
-                hits = tuple(self._to_original(h, text, offsets) for h in self._mentions(doc))
-                self.stats["parsed"] += 1
-                self._remember(text, hits)
-                for i in todo[text]:
-                    out[i] = hits
+        # The components one doc at a time, not through nlp.pipe: none of them batches, and
+        # nlp.pipe's chain of generators cost a fifth of the pipeline's time.
+        steps = [proc for _, proc in self.nlp.pipeline]
+        for text, at in todo.items():
+            prepared, offsets = self._prepare(text)
+            doc = self.make_doc(prepared)
+            for step in steps:
+                doc = step(doc)
+            hits = tuple(self._to_original(h, text, offsets) for h in self._mentions(doc))
+            self._remember(text, hits)
+            for i in at:
+                out[i] = hits
+        stats = self.stats
+        stats["sentences"] += len(texts)
+        stats["cached"] += cached
+        stats["skipped"] += skipped
+        stats["parsed"] += len(todo)
         return out  # type: ignore[return-value]
 
     def clear_cache(self) -> None:
@@ -369,9 +382,11 @@ class TextEngine:
 
     # -- text preparation --------------------------------------------------------------------------
     def _has_term(self, text: str) -> bool:
+        """Whether a word of ``text`` is the first word of a term, or starts with a prefix term's."""
         lower = text.lower()
-        words, prefixes = self._words, self._prefixes
-        return any(w in words or w.startswith(prefixes) for w in re.findall(r"[a-z0-9]+", lower))
+        if not self._words.isdisjoint(_WORD.findall(lower)):
+            return True
+        return self._prefix_at is not None and self._prefix_at.search(lower) is not None
 
     def _prepare(self, text: str) -> tuple[str, list[int] | None]:
         """Mask leaked section headers and collapse whitespace; returns (text, offset map or None).

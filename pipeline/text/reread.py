@@ -22,7 +22,7 @@ def reread(tables: Mapping[str, pa.Table], *, config: RereadConfig) -> dict[str,
     engine = load_engine(config.lexicon_dir, config.cache_size)
     candidates = tables["hardneg_candidates"].select(["candidate_id", "report_id", "texts"]).to_pydict()
     flat = [t for texts in candidates["texts"] for t in texts]
-    hits = iter(engine.analyse(flat, batch_size=config.batch_size))
+    hits = iter(engine.analyse(flat))
     observed = [
         [";".join(sorted({f"{h.finding}={h.status}" for h in next(hits)})) for _ in texts]
         for texts in candidates["texts"]
