@@ -19,6 +19,7 @@ new ``Token`` object at every look, and that was the engine's most called functi
 from __future__ import annotations
 
 import functools
+import operator
 import re
 from typing import NamedTuple
 
@@ -78,17 +79,16 @@ class Tokens:
     __slots__ = ("_alpha", "_punct", "ends", "lower", "lowers", "starts", "text", "texts")
 
     def __init__(self, doc: Doc, text: str | None = None) -> None:
-        texts: list[str] = []
-        starts: list[int] = []
-        for t in doc:
-            texts.append(t.text)
-            starts.append(t.idx)
+        # one pass over spaCy's tokens, the rest by C-level map and zip (a Python loop per
+        # token per list cost as much as the tokenizer's own work)
+        pairs = [(t.text, t.idx) for t in doc]
+        texts, starts = (list(c) for c in zip(*pairs, strict=True)) if pairs else ([], [])
         self.text = doc.text if text is None else text
         self.lower = self.text.lower()
         self.texts = texts
-        self.lowers = [w.lower() for w in texts]
+        self.lowers = list(map(str.lower, texts))
         self.starts = starts
-        self.ends = [a + len(w) for a, w in zip(starts, texts, strict=True)]
+        self.ends = list(map(operator.add, starts, map(len, texts)))
         self._punct: list[bool] | None = None
         self._alpha: list[bool] | None = None
 
