@@ -52,9 +52,10 @@ def quantize(vectors: np.ndarray) -> np.ndarray:
     out = np.empty((n, d), np.float32)
     if n == 0 or d == 0:
         return out
-    max_abs = float(np.max(np.abs(vectors)))
-    if not math.isfinite(max_abs):
+    hi, lo = float(vectors.max()), float(vectors.min())  # (np.abs would be a copy of them all)
+    if not (math.isfinite(hi) and math.isfinite(lo)):
         raise ValueError("vectors hold NaN or infinite values")
+    max_abs = max(abs(hi), abs(lo))
     if max_abs == 0.0:
         out[:] = 0.0
         return out
@@ -501,6 +502,21 @@ def split_codes(
     return codes.to_numpy(zero_copy_only=False).astype(np.int32), names
 
 
+def _unique_rows(key: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(key, return_index=True, return_inverse=True)[1:]`` of a 1-D array, with one
+    copy of ``key`` less (np.unique flattens it first): the sorted keys are the stage's largest
+    allocation, a report's quantized vector each."""
+    perm = key.argsort(kind="stable")  # stable: a group's first index is its first member
+    ordered = key[perm]
+    new = np.empty(len(key), bool)
+    new[:1] = True
+    new[1:] = ordered[1:] != ordered[:-1]
+    del ordered
+    inverse = np.empty(len(key), np.intp)
+    inverse[perm] = np.cumsum(new) - 1
+    return perm[new], inverse
+
+
 def build_index(
     ids: pa.Array | Sequence[str],
     components: Sequence[np.ndarray],
@@ -521,11 +537,12 @@ def build_index(
     split, names = split_codes(splits, order)
     key = np.concatenate([split.view(np.uint8).reshape(n, 4), *(q.view(np.uint8) for q in quantized)], axis=1)
     key = np.ascontiguousarray(key).view(np.dtype((np.void, key.shape[1]))).ravel()
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    first, inverse = _unique_rows(key)
+    del key
     relabel = np.empty(len(first), np.int32)
     by_first = np.argsort(first)
     relabel[by_first] = np.arange(len(first), dtype=np.int32)
-    group = relabel[inverse.ravel()]
+    group = relabel[inverse]
     representatives = first[by_first]
     members = np.argsort(group, kind="stable")  # stable: id order within each group
     starts = np.searchsorted(group[members], group[members], side="left")
