@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import os
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 import pytest
@@ -109,3 +111,22 @@ def golden(request):
         )
 
     return check
+
+
+@pytest.fixture
+def cyclic_garbage() -> Callable[[Collection[str]], list]:
+    """A function: the objects, of types from the given top-level packages, that only a cyclic
+    collection would free now (found with ``gc.DEBUG_SAVEALL``; the collector's debug flags and
+    ``gc.garbage`` are left as they were). Other threads of the test process (a Dask client) may
+    make cycles of their own, hence the packages."""
+
+    def find(packages: Collection[str]) -> list:
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            gc.collect()
+            return [o for o in gc.garbage if type(o).__module__.split(".")[0] in packages]
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
+
+    return find

@@ -32,7 +32,7 @@ _STAGE_PACKAGES = frozenset(
 )
 
 
-def test_map_stages_make_no_reference_cycles_so_workers_pause_the_collector(demo_run: Path):
+def test_map_stages_make_no_reference_cycles_so_workers_pause_the_collector(demo_run: Path, cyclic_garbage):
     """Workers run each part with the cyclic collector paused (pipeline.core.collector): sound only
     while a part's objects are freed by reference counting. Rerun every map stage of the demo DAG,
     and the graph embedding, on a part of the run with the collector off and look for garbage."""
@@ -62,13 +62,9 @@ def test_map_stages_make_no_reference_cycles_so_workers_pause_the_collector(demo
         with collector_paused():
             assert not gc.isenabled()
         assert not gc.isenabled()  # left as it was
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        ours = [o for o in gc.garbage if type(o).__module__.split(".")[0] in _STAGE_PACKAGES]
+        ours = cyclic_garbage(_STAGE_PACKAGES)
         assert not ours, ours[:5]
     finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
         gc.enable()
     with collector_paused():
         assert not gc.isenabled()

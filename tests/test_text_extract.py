@@ -373,7 +373,7 @@ def test_memo_and_prefilter():
 _ENGINE_PACKAGES = frozenset({"spacy", "negspacy", "scispacy", "pipeline", "pyarrow"})
 
 
-def test_analyse_makes_no_reference_cycles_and_restores_the_collector():
+def test_analyse_makes_no_reference_cycles_and_restores_the_collector(cyclic_garbage):
     """analyse and extract pause the cyclic collector on the grounds that their docs, hits and
     tables make no cycles: check that, on sentences that exercise every component."""
     import gc
@@ -394,14 +394,9 @@ def test_analyse_makes_no_reference_cycles_and_restores_the_collector():
         assert all(hits) and not gc.isenabled()  # left as the caller had it
         engine.clear_cache()
         assert extract(tables, config=ExtractConfig())["mentions"].num_rows >= len(sentences)
-        # other threads of the test process (a Dask client) may make cycles of their own meanwhile
-        gc.set_debug(gc.DEBUG_SAVEALL)
-        gc.collect()
-        ours = [o for o in gc.garbage if type(o).__module__.split(".")[0] in _ENGINE_PACKAGES]
+        ours = cyclic_garbage(_ENGINE_PACKAGES)
         assert not ours, ours[:5]
     finally:
-        gc.set_debug(0)
-        gc.garbage.clear()
         gc.enable()
     engine.clear_cache()
     engine.analyse(sentences)
