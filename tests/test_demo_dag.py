@@ -32,17 +32,27 @@ _STAGE_PACKAGES = frozenset(
 )
 
 
-def test_map_stages_make_no_reference_cycles_so_workers_pause_the_collector(demo_run: Path, cyclic_garbage):
+def test_map_stages_make_no_reference_cycles_so_workers_pause_the_collector(
+    demo_run: Path, cyclic_garbage, tmp_path
+):
     """Workers run each part with the cyclic collector paused (pipeline.core.collector): sound only
-    while a part's objects are freed by reference counting. Rerun every map stage of the demo DAG,
-    and the graph embedding, on a part of the run with the collector off and look for garbage."""
+    while a part's objects are freed by reference counting. Rerun ingest's read, every map stage of
+    the demo DAG and the graph embedding on a part of the run with the collector off, and look for
+    garbage."""
     import gc
 
     from pipeline.core.collector import collector_paused
+    from pipeline.core.config import compose_run
     from pipeline.core.io import Store
-    from pipeline.core.registry import get_stage
+    from pipeline.core.registry import PlanContext, get_stage
     from pipeline.graph import stage as graph_stage
 
+    cfg = compose_run(
+        [f"dataset.root={demo_run.parent / 'dump'}", "dataset.n_reports=160", f"out={demo_run}"]
+    )
+    ingest, ingest_config = get_stage("ingest"), cfg.stage_config("ingest")
+    specs = ingest.plan(ingest_config, PlanContext(staging_dir=str(tmp_path), workers=1))
+    ingest.read(specs[0], ingest_config)
     store = Store(str(demo_run))
     stages = [s for s in load_dag("demo").stages if get_stage(s.name).kind == "map"]
     assert {"parse", "extract", "graph", "hardneg_rewrite", "reread", "hardneg"} <= {s.name for s in stages}
@@ -53,6 +63,7 @@ def test_map_stages_make_no_reference_cycles_so_workers_pause_the_collector(demo
     gc.collect()
     gc.disable()
     try:
+        assert ingest.read(specs[0], ingest_config).tables
         for stage in stages:
             st = get_stage(stage.name)
             inputs = {d: store.read_part(d, 0) for d in st.inputs}
