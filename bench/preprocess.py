@@ -13,7 +13,9 @@
    read / compute / check / write (the part markers' ``phases``, where the version records
    them); the largest worker's peak RSS, sampled from outside.
 3. ``before=REV`` (a commit, e.g. the one an issue was measured at): that version of the pipeline
-   (a git worktree, the same virtualenv) and this one on the same dump, stage by stage in turn
+   (a git worktree, the same virtualenv) runs the whole DAG right after this tree's run (wall
+   seconds and worker RSS of the two, back to back; in a long-lived worker the collector pause
+   and the memo count in full), then the two run on the same dump stage by stage in turn
    (``stage=<name>`` each, who goes first alternating), then before -> after per stage and for
    the stages' sum. In turn, because this machine's speed drifts by up to 2x over minutes: two
    whole runs one after the other do not compare, two runs of one stage minutes apart do. Each
@@ -181,7 +183,16 @@ def main(argv: list[str]) -> None:
         figures += describe("this tree", seconds, records, peak, workers)
         if before:
             with git_tree(before, REPO) as tree:
+                # the whole DAG again, by the earlier version, right after this tree's run
+                b_seconds, _, b_whole_peak = run_dag(tree, dump, work / "run-before-dag", workers)
                 pairs = interleaved({"before": tree, "after": REPO}, dump, work, workers)
+            figures.append(
+                (
+                    f"before ({before}) -> after, the whole DAG back to back (wall)",
+                    f"{b_seconds:.0f} -> {seconds:.0f} s ({b_seconds / seconds:.2f}x); worker peak RSS "
+                    f"{mib(b_whole_peak)} -> {mib(peak)}",
+                )
+            )
             (b_rec, b_peak), (a_rec, a_peak) = pairs["before"], pairs["after"]
 
             def total(recs: dict[str, dict]) -> float:
