@@ -306,7 +306,7 @@ class TextEngine:
             if first.endswith("*"):
                 prefixes.add(first[:-1])
             else:
-                words.update(re.findall(r"[a-z0-9]+", first)[:1])
+                words.update(_WORD.findall(first)[:1])
         self._words = frozenset(words)
         # a prefix at the start of a word (a run of [a-z0-9], as _WORD finds them)
         self._prefix_at = (
