@@ -67,8 +67,13 @@ class MentionHit(NamedTuple):
     modifiers: tuple[tuple[str, str, int, int], ...] = ()
 
 
+_PREFIX_CACHE = 200_000  # distinct tokens remembered; a real dump's vocabulary is far smaller
+
+
 class _Matchers:
-    """A PhraseMatcher for plain terms plus a prefix matcher for ``prefix*`` terms, string keys.
+    """One PhraseMatcher for plain terms plus a prefix scan for ``prefix*`` terms, over keys in
+    groups (the lexicon matcher's entities and its other words): matches come back per group,
+    (key, start token, end token), in the order one matcher per group would give them.
 
     A prefix term ("atelecta*", "plate atelecta*") has its ``*`` on the last token (the lexicon
     checks that). It is matched by a ``str.startswith`` scan: spaCy's Matcher with REGEX
@@ -78,57 +83,91 @@ class _Matchers:
     process" is matched over the whole compound (the tokenizer splits the slash).
     """
 
-    def __init__(self, nlp: Language) -> None:
+    def __init__(self, nlp: Language, groups: int) -> None:
         self.nlp = nlp
+        self.groups = groups
+        # one matcher walks the tokens once; a second cost as much again
         self.phrase = PhraseMatcher(nlp.vocab, attr="LOWER")
-        self.by_prefix: dict[str, list[tuple[int, tuple[str, ...]]]] = {}
+        self.keys: dict[int, tuple[int, str]] = {}  # match id -> (group, key)
+        self.by_prefix: list[dict[str, list[tuple[str, tuple[str, ...]]]]] = [{} for _ in range(groups)]
         self.prefixes: tuple[str, ...] = ()
-        self.prefix_re: re.Pattern[str] | None = None
+        # lower-cased token -> per group, the (key, words before) of the prefix terms whose
+        # prefix starts it, in the group's order (() for none): a report's words repeat, so the
+        # scan over every prefix runs once per distinct token, not once per token
+        self.by_token_prefix: dict[str, tuple[tuple[tuple[str, tuple[str, ...]], ...], ...]] = {}
         # plain terms of two or more tokens, by lower-cased tokens: for slash compounds
-        self.by_tokens: dict[tuple[str, ...], int] = {}
+        self.by_tokens: list[dict[tuple[str, ...], str]] = [{} for _ in range(groups)]
 
-    def add(self, key: str, terms: Iterable[str]) -> None:
+    def add(self, group: int, key: str, terms: Iterable[str]) -> None:
         phrases = []
-        key_id = self.nlp.vocab.strings.add(key)
+        self.keys[self.nlp.vocab.strings.add(key)] = (group, key)
         for term in terms:
             if not term.endswith("*"):
                 doc = self.nlp.make_doc(term)
                 phrases.append(doc)
                 if 1 < len(doc) <= 4:
-                    self.by_tokens.setdefault(tuple(t.lower_ for t in doc), key_id)
+                    self.by_tokens[group].setdefault(tuple(t.lower_ for t in doc), key)
                 continue
             head, _, last = term.rpartition(" ")
             before = tuple(t.lower_ for t in self.nlp.make_doc(head)) if head else ()
-            self.by_prefix.setdefault(last[:-1], []).append((key_id, before))
-        self.prefixes = tuple(self.by_prefix)
-        self.prefix_re = re.compile("|".join(re.escape(p) for p in self.prefixes)) if self.prefixes else None
+            self.by_prefix[group].setdefault(last[:-1], []).append((key, before))
+        self.prefixes = tuple(dict.fromkeys(p for by in self.by_prefix for p in by))
+        self.by_token_prefix.clear()
         if phrases:
             self.phrase.add(key, phrases)
 
-    def __call__(self, doc: Doc, toks: Tokens) -> list[tuple[int, int, int]]:
-        """Matches (key id, start token, end token); ``toks``: the doc's tokens, shared by callers."""
-        matches = self.phrase(doc)
+    def __call__(self, doc: Doc, toks: Tokens) -> list[list[tuple[str, int, int]]]:
+        """Each group's matches; ``toks``: the doc's tokens, shared by callers."""
+        out: list[list[tuple[str, int, int]]] = [[] for _ in range(self.groups)]
+        keys = self.keys
+        for m, s, e in self.phrase(doc):
+            group, key = keys[m]
+            out[group].append((key, s, e))
         if "/" in toks.text:
-            matches += self._slash_compounds(toks.lowers, {(s, e) for _, s, e in matches})
-        prefixes = self.prefixes
-        if self.prefix_re is None or not self.prefix_re.search(toks.lower):
-            return matches
+            for group, matches in enumerate(out):
+                found = {(s, e) for _, s, e in matches}
+                matches += self._slash_compounds(self.by_tokens[group], toks.lowers, found)
+        if not self.prefixes:
+            return out
         lowers = toks.lowers
-        for i, low in enumerate(lowers):
-            if not low.startswith(prefixes):
-                continue
-            for prefix, entries in self.by_prefix.items():
-                if not low.startswith(prefix):
+        per_token = list(map(self.by_token_prefix.get, lowers))
+        if None in per_token:
+            per_token = [
+                self._prefix_entries(low) if e is None else e
+                for low, e in zip(lowers, per_token, strict=True)
+            ]
+        if not any(per_token):
+            return out
+        for group, matches in enumerate(out):
+            for i, entries in enumerate(per_token):
+                if not entries:
                     continue
-                for key_id, before in entries:
+                for key, before in entries[group]:
                     start = i - len(before)
                     if start >= 0 and all(lowers[start + k] == w for k, w in enumerate(before)):
-                        matches.append((key_id, start, i + 1))
-        return matches
+                        matches.append((key, start, i + 1))
+        return out
 
-    def _slash_compounds(self, lowers: list[str], found: set[tuple[int, int]]) -> list[tuple[int, int, int]]:
+    def _prefix_entries(self, low: str) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], ...]:
+        cache = self.by_token_prefix
+        if len(cache) >= _PREFIX_CACHE:
+            cache.clear()
+        entries: tuple[tuple[tuple[str, tuple[str, ...]], ...], ...] = ()
+        if low.startswith(self.prefixes):
+            entries = tuple(
+                tuple(e for prefix, es in by.items() if low.startswith(prefix) for e in es)
+                for by in self.by_prefix
+            )
+        cache[low] = entries
+        return entries
+
+    @staticmethod
+    def _slash_compounds(
+        by_tokens: dict[tuple[str, ...], str], lowers: list[str], found: set[tuple[int, int]]
+    ) -> list[tuple[str, int, int]]:
         """ "a/b c": the term "a c" over the whole compound, or over "a" alone when "b c" is a term
-        too ("pleural/pericardial effusion": both effusions). ``lowers``: the tokens, lower-cased."""
+        too ("pleural/pericardial effusion": both effusions). ``lowers``: the tokens, lower-cased;
+        ``found``: the spans the group's phrases matched."""
         out = []
         for i in range(1, len(lowers) - 2):
             if lowers[i] != "/":
@@ -137,17 +176,18 @@ class _Matchers:
                 end = i + 2 + k
                 if end > len(lowers):
                     break
-                key_id = self.by_tokens.get((lowers[i - 1], *lowers[i + 2 : end]))
-                if key_id is not None:
-                    out.append((key_id, i - 1, i if (i + 1, end) in found else end))
+                key = by_tokens.get((lowers[i - 1], *lowers[i + 2 : end]))
+                if key is not None:
+                    out.append((key, i - 1, i if (i + 1, end) in found else end))
         return out
 
 
 @Language.factory("clip2clinic_lexicon", default_config={"lexicon_dir": None})
 def make_lexicon_matcher(nlp, name, lexicon_dir):  # type: ignore[no-untyped-def]
-    # No annotations: spaCy validates factory arguments from them, and this module's postponed
-    # (string) annotations cannot be resolved there.
     return LexiconMatcher(nlp, load_lexicon(lexicon_dir))
+
+
+_ENTS, _AUX = 0, 1
 
 
 class LexiconMatcher:
@@ -159,32 +199,40 @@ class LexiconMatcher:
 
     def __init__(self, nlp: Language, lexicon: Lexicon) -> None:
         self.lexicon = lexicon
-        self.ents = _Matchers(nlp)
+        self.matchers = _Matchers(nlp, groups=2)
+        add = self.matchers.add
         for f in lexicon.findings.values():
-            self.ents.add(f"F|{f.id}", f.terms)
+            add(_ENTS, f"F|{f.id}", f.terms)
         for a in lexicon.anchors.values():
-            self.ents.add(f"A|{a.id}", a.terms)
-        self.aux = _Matchers(nlp)
+            add(_ENTS, f"A|{a.id}", a.terms)
         for anat in lexicon.anatomy:
-            self.aux.add(f"N|{anat.id}|{anat.laterality or ''}", anat.terms)
+            add(_AUX, f"N|{anat.id}|{anat.laterality or ''}", anat.terms)
         for side, terms in lexicon.laterality.items():
-            self.aux.add(f"L|{side}", terms)
+            add(_AUX, f"L|{side}", terms)
         for kind, groups in lexicon.modifiers.items():
             for value, terms in groups.items():
-                self.aux.add(f"M|{kind}|{value}", terms)
+                add(_AUX, f"M|{kind}|{value}", terms)
         for group, terms in lexicon.qualifiers.items():
-            self.aux.add(f"Q|{group}", terms)
+            add(_AUX, f"Q|{group}", terms)
+        # the kind an aux key's overlaps are settled within: N, L, Q, or M|<kind>
+        self._kind = {
+            key: key[0] if key[0] != "M" else key[: key.index("|", 2)]
+            for group, key in self.matchers.keys.values()
+            if group == _AUX
+        }
 
     def __call__(self, doc: Doc) -> Doc:
-        strings = doc.vocab.strings
-        toks = tokens_of(doc)
+        ent_matches, aux_matches = self.matchers(doc, tokens_of(doc))
         # spaCy's own overlap rule for doc.ents; it reads only .start and .end, so tuples do
-        ents = [Ent(strings[m], s, e) for m, s, e in self.ents(doc, toks)]
+        ents = list(map(Ent._make, ent_matches))
         doc.user_data[ENTS_KEY] = filter_spans(ents) if len(ents) > 1 else ents
+        if len(aux_matches) < 2:
+            doc.user_data[AUX_KEY] = aux_matches
+            return doc
         by_kind: dict[str, list[tuple[str, int, int]]] = {}
-        for m, s, e in self.aux(doc, toks):
-            key = strings[m]
-            by_kind.setdefault(key[0] if key[0] != "M" else key[: key.index("|", 2)], []).append((key, s, e))
+        kind = self._kind
+        for match in aux_matches:
+            by_kind.setdefault(kind[match[0]], []).append(match)
         aux: list[tuple[str, int, int]] = []
         for matches in by_kind.values():
             aux.extend(_longest(matches))
