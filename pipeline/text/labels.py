@@ -11,15 +11,14 @@ No Finding. A report with no counted mention gets an all-blank row unless
 ``provenance`` lists, for every non-blank observation, the mentions with the deciding status (for
 No Finding 1.0: the counted mentions that were read and found non-positive).
 
-Both tables are folded over the mentions a window of rows at a time, keeping per report only the
-row numbers of the mentions it will cite; ``provenance`` is then taken from the mentions table in
-Arrow. So a report of a million mentions never becomes a million Python dicts.
+Both tables are computed column-wise over the counted mentions (numpy for labels, an Arrow
+group-by for findings), never a Python object per mention; ``provenance`` is taken from the
+mentions table in Arrow by the row numbers of the mentions each label cites.
 """
 
 from __future__ import annotations
 
-from array import array
-from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -56,42 +55,38 @@ def aggregate_status(statuses: Iterable[str]) -> str | None:
     return best
 
 
-class _Tally:
-    """One report's counted mentions so far, as row numbers into ``mentions``: per observation the
-    best status and the rows with it; the rows No Finding would cite, until a mention blocks it."""
-
-    __slots__ = ("counted", "by_obs", "clear")
-
-    def __init__(self) -> None:
-        self.counted = False
-        self.by_obs: dict[str, tuple[str, array]] = {}
-        self.clear: array | None = array("q")  # None once a mention blocks No Finding
+# a status's rank as an index: absent 1, uncertain 2, present 3 (0: nothing counted)
+_BY_RANK = ("absent", "uncertain", "present")
+_VALUE_OF_RANK = np.array([np.nan, VALUES["absent"], VALUES["uncertain"], VALUES["present"]])
 
 
-def _counted(mentions: pa.Table, columns: tuple[str, ...]) -> Iterator[tuple[int, tuple]]:
-    """(row number, values of ``columns``) of each counted mention (``in_labeled_section``), in
-    table order; only ``_ROWS`` rows are Python objects at a time, whatever the table's size."""
+def _counted(mentions: pa.Table, columns: tuple[str, ...]) -> tuple[np.ndarray, dict[str, pa.ChunkedArray]]:
+    """Row numbers of the counted mentions (``in_labeled_section``), in table order, and their
+    ``columns`` as Arrow arrays."""
     flags = pc.fill_null(mentions.column("in_labeled_section"), False)
     rows = np.flatnonzero(np.asarray(flags.to_numpy(zero_copy_only=False), dtype=bool))
-    table = mentions.select(list(columns))
-    for a in range(0, len(rows), _ROWS):
-        window = rows[a : a + _ROWS]
-        values = [table.column(c).take(window).to_pylist() for c in columns]
-        yield from zip(window.tolist(), zip(*values, strict=True), strict=True)
+    table = mentions.select(list(columns)).take(rows)
+    return rows, {c: table.column(c) for c in columns}
+
+
+def _index(values: pa.ChunkedArray, of: Sequence[str]) -> np.ndarray:
+    """Each value's index in ``of`` (-1 where it is missing or null)."""
+    found = pc.index_in(values, value_set=pa.array(list(of), pa.string()))
+    return np.asarray(pc.fill_null(found, -1).to_numpy(), dtype=np.int64)
 
 
 def _provenance(
-    mentions: pa.Table, rows: array, observations: list[str], values: list[float], offsets: list[int]
+    mentions: pa.Table, rows: np.ndarray, observations: pa.Array, values: np.ndarray, offsets: np.ndarray
 ) -> pa.Array:
     """``labels.provenance``: list ``k`` holds entries ``offsets[k]:offsets[k + 1]``, entry ``i``
     the mention at row ``rows[i]`` cited for ``observations[i]`` with ``values[i]``."""
     target = load_schema("labels").arrow().field("provenance").type
-    taken = mentions.select(list(_PROVENANCE_FROM_MENTION)).take(np.frombuffer(rows, dtype=np.int64))
-    fields = {"observation": pa.array(observations, pa.string()), "value": pa.array(values, pa.float64())}
+    taken = mentions.select(list(_PROVENANCE_FROM_MENTION)).take(rows)
+    fields = {"observation": observations, "value": pa.array(values, pa.float64())}
     fields.update((c, taken.column(c).combine_chunks()) for c in _PROVENANCE_FROM_MENTION)
     entry = target.value_type
     struct = pa.StructArray.from_arrays([fields[f.name].cast(f.type) for f in entry], fields=list(entry))
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, type=target)
+    return pa.ListArray.from_arrays(pa.array(offsets.astype(np.int32)), struct, type=target)
 
 
 def label_table(
@@ -106,79 +101,96 @@ def label_table(
     ``mentions`` follows schemas/mentions.yaml; only rows with ``in_labeled_section`` count.
     ``non_blocking`` names findings that never block No Finding (besides Support Devices).
     Raises PipelineError(E_SCHEMA_MISMATCH) if ``report_ids`` repeats an id.
-    """
-    non_blocking = frozenset(non_blocking)
-    tallies: dict[str, _Tally] = {}
-    for row, (rid, observation, status, finding) in _counted(
-        mentions, ("report_id", "observation", "status", "finding")
-    ):
-        tally = tallies.get(rid)
-        if tally is None:
-            tally = tallies[rid] = _Tally()
-        tally.counted = True
-        if observation is not None:
-            best = tally.by_obs.get(observation)
-            if best is None or RANK[status] > RANK[best[0]]:
-                tally.by_obs[observation] = (status, array("q", (row,)))
-            elif status == best[0]:
-                best[1].append(row)
-        if tally.clear is not None:
-            if status != "absent" and observation != SUPPORT_DEVICES and finding not in non_blocking:
-                tally.clear = None
-            elif observation != SUPPORT_DEVICES:
-                tally.clear.append(row)
 
-    columns: dict[str, list | pa.Array] = {"report_id": list(report_ids)}
-    for obs in OBSERVATIONS:
-        columns[obs] = []
-    rows, cited_obs, cited_values, offsets = array("q"), [], [], [0]
-    for rid in report_ids:
-        tally = tallies.get(rid) or _Tally()
-        if (tally.counted or no_finding_without_mentions) and tally.clear is not None:
-            columns[NO_FINDING].append(1.0)
-            rows.extend(tally.clear)
-            cited_obs += [NO_FINDING] * len(tally.clear)
-            cited_values += [1.0] * len(tally.clear)
-        else:
-            columns[NO_FINDING].append(None)
-        for obs in OBSERVATIONS[1:]:
-            best = tally.by_obs.get(obs)
-            if best is None:
-                columns[obs].append(None)
-                continue
-            value = VALUES[best[0]]
-            columns[obs].append(value)
-            rows.extend(best[1])
-            cited_obs += [obs] * len(best[1])
-            cited_values += [value] * len(best[1])
-        offsets.append(len(rows))
-    columns["provenance"] = _provenance(mentions, rows, cited_obs, cited_values, offsets)
+    Column-wise over the counted mentions (numpy): no Python object per mention.
+    """
+    reports = list(dict.fromkeys(report_ids))  # each report's tallies once, even when repeated
+    rows, col = _counted(mentions, ("report_id", "observation", "status", "finding"))
+    report = _index(col["report_id"], reports)
+    keep = report >= 0
+    rows, report = rows[keep], report[keep]
+    obs = _index(col["observation"], OBSERVATIONS)[keep]
+    rank = _index(col["status"], _BY_RANK)[keep] + 1
+    n_reports, n_obs = len(reports), len(OBSERVATIONS)
+    # per report and observation, the best rank (No Finding is never mentioned)
+    no_finding = OBSERVATIONS.index(NO_FINDING)
+    labelled = (obs >= 0) & (obs != no_finding)
+    best = np.zeros((n_reports, n_obs), dtype=np.int64)
+    np.maximum.at(best, (report[labelled], obs[labelled]), rank[labelled])
+    cites = labelled & (rank == best[report, obs])
+    # No Finding: the report has counted mentions and none blocks it; it cites every counted
+    # mention but Support Devices
+    support = obs == OBSERVATIONS.index(SUPPORT_DEVICES)
+    finding = col["finding"].filter(pa.array(keep))
+    quiet = pc.is_in(finding, value_set=pa.array(sorted(non_blocking), pa.string()))
+    quiet = np.asarray(quiet.to_numpy(zero_copy_only=False), dtype=bool)
+    blocking = (rank != 1) & ~support & ~quiet
+    counted = np.bincount(report, minlength=n_reports) > 0
+    blocked = np.bincount(report[blocking], minlength=n_reports) > 0
+    clear = (counted | no_finding_without_mentions) & ~blocked
+    best[:, no_finding] = np.where(clear, 3, 0)  # its value: 1.0, as a present rank
+    cites_clear = ~support & clear[report]
+
+    # provenance entries by (report, No Finding then the others in schema order, row)
+    entry_report = np.concatenate([report[cites_clear], report[cites]])
+    entry_obs = np.concatenate([np.full(int(cites_clear.sum()), no_finding), obs[cites]])
+    entry_row = np.concatenate([rows[cites_clear], rows[cites]])
+    order = np.lexsort((entry_row, entry_obs, entry_obs != no_finding, entry_report))
+    entry_report, entry_obs, entry_row = entry_report[order], entry_obs[order], entry_row[order]
+    # each output row (report_ids may repeat an id) takes its report's run of entries
+    if len(reports) == len(report_ids):
+        at = np.arange(n_reports)
+    else:
+        place = {r: k for k, r in enumerate(reports)}
+        at = np.array([place[r] for r in report_ids], dtype=np.int64)
+    per_report = np.bincount(entry_report, minlength=n_reports)
+    first = np.cumsum(per_report) - per_report
+    lengths = per_report[at]
+    offsets = np.concatenate([[0], np.cumsum(lengths)])
+    take = np.repeat(first[at] - offsets[:-1], lengths) + np.arange(offsets[-1])
+    entry_report, entry_obs, entry_row = entry_report[take], entry_obs[take], entry_row[take]
+
+    value = _VALUE_OF_RANK[best[at]]  # (rows, observations); nan: blank
+    columns: dict[str, list | pa.Array] = {"report_id": pa.array(list(report_ids), pa.string())}
+    for k, name in enumerate(OBSERVATIONS):
+        columns[name] = pa.array(value[:, k], pa.float64(), from_pandas=True)
+    cited_obs = pa.array(OBSERVATIONS, pa.string()).take(pa.array(entry_obs))
+    cited_values = _VALUE_OF_RANK[best[entry_report, entry_obs]]
+    columns["provenance"] = _provenance(mentions, entry_row, cited_obs, cited_values, offsets)
     return typed_table(columns, "labels")
 
 
 def findings_table(mentions: pa.Table, observation_of: Mapping[str, str | None]) -> pa.Table:
-    """One ``findings`` row per (report, fine finding) over counted mentions, same precedence.
+    """One ``findings`` row per (report, fine finding) over counted mentions, same precedence,
+    in the order the pairs first appear (an Arrow group-by).
 
     ``observation_of`` gives each finding's CheXpert observation (the lexicon's, not a mention's:
     a "lungs are clear" denial has no label but the opacity finding still has an observation).
     """
-    groups: dict[tuple[str, str], list] = {}  # (report, finding) -> [best status, mentions]
-    for _, (rid, finding, status) in _counted(mentions, ("report_id", "finding", "status")):
-        group = groups.get((rid, finding))
-        if group is None:
-            groups[(rid, finding)] = [status, 1]
-            continue
-        group[1] += 1
-        if RANK[status] > RANK[group[0]]:
-            group[0] = status
-    rids, finds, obs, statuses, counts = [], [], [], [], []
-    for (rid, finding), (status, n) in groups.items():
-        rids.append(rid)
-        finds.append(finding)
-        obs.append(observation_of.get(finding))
-        statuses.append(status)
-        counts.append(n)
+    rows, col = _counted(mentions, ("report_id", "finding", "status"))
+    counted = pa.table(
+        {
+            "report_id": col["report_id"],
+            "finding": col["finding"],
+            "rank": pa.array(_index(col["status"], _BY_RANK)),
+            "row": pa.array(rows),
+        }
+    )
+    groups = counted.group_by(["report_id", "finding"], use_threads=False).aggregate(
+        [("rank", "max"), ("row", "count"), ("row", "min")]
+    )
+    groups = groups.take(pc.sort_indices(groups.column("row_min")))
+    known = [f for f in observation_of]
+    observation = pa.array([observation_of[f] for f in known], pa.string()).take(
+        pc.index_in(groups.column("finding"), value_set=pa.array(known, pa.string()))
+    )
     return typed_table(
-        {"report_id": rids, "finding": finds, "observation": obs, "status": statuses, "n_mentions": counts},
+        {
+            "report_id": groups.column("report_id").combine_chunks(),
+            "finding": groups.column("finding").combine_chunks(),
+            "observation": observation,
+            "status": pa.array(_BY_RANK, pa.string()).take(groups.column("rank_max").combine_chunks()),
+            "n_mentions": groups.column("row_count").combine_chunks(),
+        },
         "findings",
     )
