@@ -67,7 +67,7 @@ TOKENS_KEY = "c2c_tokens"
 
 
 class Tokens:
-    """A doc's tokens as plain lists, read from spaCy once per doc (see the module doc).
+    """A doc's tokens as plain sequences, read from spaCy once per doc (see the module doc).
 
     ``lowers`` are the tokens' ``lower_`` and ``punct``/``alpha`` their ``is_punct``/``is_alpha``,
     computed by the same functions spaCy's blank English applies to a new word (``str.lower``,
@@ -82,7 +82,7 @@ class Tokens:
         # one pass over spaCy's tokens, the rest by C-level map and zip (a Python loop per
         # token per list cost as much as the tokenizer's own work)
         pairs = [(t.text, t.idx) for t in doc]
-        texts, starts = (list(c) for c in zip(*pairs, strict=True)) if pairs else ([], [])
+        texts, starts = zip(*pairs, strict=True) if pairs else ((), ())  # tuples: read only
         self.text = doc.text if text is None else text
         self.lower = self.text.lower()
         self.texts = texts
