@@ -499,8 +499,7 @@ class TextEngine:
         boundaries = doc.user_data[NEG_EXT]["boundaries"]
         chunk = [0] * len(toks)
         for k, (a, b) in enumerate(boundaries):
-            for i in range(a, b):
-                chunk[i] = k
+            chunk[a:b] = [k] * (b - a)
         attached, qualifiers = self._attach(doc, toks, ents, chunk)
         hits: list[MentionHit] = []
         for j, ent in enumerate(ents):
@@ -705,7 +704,7 @@ class TextEngine:
         findings = self.lexicon.findings
         best: list[dict[str, tuple[int, str, int, int]]] = [{} for _ in ents]
         qualifiers: list[tuple[str, int, int, str]] = []
-        finding_tokens = {i for ent in ents if ent.label_[0] == "F" for i in range(ent.start, ent.end)}
+        finding_tokens: set[int] | None = None  # made for the first qualifier
 
         def give(j: int, distance: int, inside: bool, tag: str, key: str, s: int, e: int) -> None:
             if tag == "N":
@@ -724,6 +723,10 @@ class TextEngine:
             if tag == "Q":
                 # "engorgement" in "heart size and vascular engorgement appear normal" is the
                 # congestion finding, not a qualifier of the heart
+                if finding_tokens is None:
+                    finding_tokens = {
+                        i for ent in ents if ent.label_[0] == "F" for i in range(ent.start, ent.end)
+                    }
                 if not finding_tokens.intersection(range(s, e)):
                     qualifiers.append((key[2:], s, e, toks.span_text(s, e)))
                 continue
