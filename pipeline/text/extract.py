@@ -185,7 +185,7 @@ def _extract(tables: Mapping[str, pa.Table], config: ExtractConfig) -> dict[str,
         window = sentences.slice(a, b - a) if in_order else sentences.take(rows[a:b])
         sent = {c: window.column(c).to_pylist() for c in columns}
         with_sentences.update(sent["report_id"])
-        chunks.append(_mentions(sent, labeled(sent), engine, config))
+        chunks.append(_mentions(window, sent, labeled(sent), engine))
     mentions = chunks[0] if len(chunks) == 1 else pa.concat_tables(chunks)
 
     labeled_ids = [rid for rid in report_ids if rid in with_sentences]
@@ -210,14 +210,12 @@ def _extract(tables: Mapping[str, pa.Table], config: ExtractConfig) -> dict[str,
     }
 
 
-def _mentions(
-    sent: Mapping[str, list], flags: list[bool], engine: TextEngine, config: ExtractConfig
-) -> pa.Table:
-    """The ``mentions`` of some sentences (Python columns in reading order; ``flags``: whether
-    each one's section counts), conformed to the schema."""
+def _mentions(window: pa.Table, sent: Mapping[str, list], flags: list[bool], engine: TextEngine) -> pa.Table:
+    """The ``mentions`` of some sentences (``window``, in reading order, and its ``sent`` Python
+    columns; ``flags``: whether each one's section counts), conformed to the schema."""
     hits = engine.analyse(sent["text"])
-    # Column by column: the sentence of each hit, then each field over all hits at once.
-    at = [i for i, sentence_hits in enumerate(hits) for _ in sentence_hits]
+    # Column by column: the sentence of each hit (an Arrow take), then each field over all hits.
+    at = pa.array(np.repeat(np.arange(len(hits), dtype=np.int64), list(map(len, hits))))
     flat = [h for sentence_hits in hits for h in sentence_hits]
     field = dict(
         zip(
@@ -226,33 +224,38 @@ def _mentions(
             strict=True,
         )
     )
-    base = [sent["start"][i] for i in at]
-    cols: dict[str, list | pa.Array] = {
-        name: [sent[name][i] for i in at] for name in ("report_id", "section", "sentence_idx")
+    cols: dict[str, list | tuple | pa.Array] = {
+        name: window.column(name).take(at).combine_chunks()
+        for name in ("report_id", "section", "sentence_idx")
     }
-    cols["start"] = [b + x for b, x in zip(base, field["start"], strict=True)]
-    cols["end"] = [b + x for b, x in zip(base, field["end"], strict=True)]
+    base = window.column("start").take(at).combine_chunks().cast(pa.int64())  # the sentence's offset
+    for name in ("start", "end", "cue_start", "cue_end"):
+        cols[name] = pc.add(base, pa.array(field[name], pa.int64()))
     for name in _HIT_FIELDS:
-        cols[name] = list(field[name])
-    for name in ("cue_start", "cue_end"):
-        cols[name] = [None if x is None else b + x for b, x in zip(base, field[name], strict=True)]
+        cols[name] = field[name]
     cols["modifiers"] = _modifiers(base, field["modifiers"])
-    cols["in_labeled_section"] = [flags[i] for i in at]
+    cols["in_labeled_section"] = pa.array(flags, pa.bool_()).take(at)
     return typed_table(cols, "mentions")
 
 
-def _modifiers(base: list[int], per_hit: tuple[tuple[tuple[str, str, int, int], ...], ...]) -> pa.Array:
+def _modifiers(base: pa.Array, per_hit: tuple[tuple[tuple[str, str, int, int], ...], ...]) -> pa.Array:
     """``mentions.modifiers`` from each hit's (kind, value, start, end) words, offsets moved by
-    ``base`` (the sentence's start in the report): built as Arrow arrays, not a dict per word."""
-    offsets = [0]
-    words = []
-    for b, mods in zip(base, per_hit, strict=True):
-        words.extend((k, v, b + x, b + y) for k, v, x, y in mods)
-        offsets.append(len(words))
+    ``base`` (the hit's sentence start in the report): built as Arrow arrays, not a dict per word."""
+    lengths = list(map(len, per_hit))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    words = [w for mods in per_hit for w in mods]
+    kinds, values, starts, ends = zip(*words, strict=True) if words else [()] * 4
+    shift = np.repeat(np.asarray(base.to_numpy(zero_copy_only=False), dtype=np.int64), lengths)
+    columns = (
+        kinds,
+        values,
+        np.asarray(starts, dtype=np.int64) + shift,
+        np.asarray(ends, dtype=np.int64) + shift,
+    )
     target = _MODIFIERS_TYPE
-    columns = zip(*words, strict=True) if words else [()] * 4
     struct = pa.StructArray.from_arrays(
-        [pa.array(list(c), type=f.type) for c, f in zip(columns, target.value_type, strict=True)],
+        [pa.array(c, type=f.type) for c, f in zip(columns, target.value_type, strict=True)],
         fields=list(target.value_type),
     )
-    return pa.ListArray.from_arrays(pa.array(offsets, pa.int32()), struct, type=target)
+    return pa.ListArray.from_arrays(pa.array(offsets), struct, type=target)
