@@ -98,13 +98,13 @@ class Tokens:
     @property
     def punct(self) -> list[bool]:
         if self._punct is None:
-            self._punct = [_is_punct(w) for w in self.texts]
+            self._punct = list(map(_is_punct, self.texts))
         return self._punct
 
     @property
     def alpha(self) -> list[bool]:
         if self._alpha is None:
-            self._alpha = [w.isalpha() for w in self.texts]
+            self._alpha = list(map(str.isalpha, self.texts))
         return self._alpha
 
     def chars(self, start: int, end: int) -> tuple[int, int]:
