@@ -32,10 +32,9 @@ VALUES: dict[str, float] = {"present": 1.0, "uncertain": -1.0, "absent": 0.0}
 RANK: dict[str, int] = {"present": 3, "uncertain": 2, "absent": 1}
 # what a provenance entry copies from its mention
 _PROVENANCE_FROM_MENTION = ("sentence_idx", "start", "finding", "status", "cue", "rule")
-_ROWS = 8_192  # counted mentions read into Python at a time
 
 
-def typed_table(columns: Mapping[str, list | pa.Array], name: str) -> pa.Table:
+def typed_table(columns: Mapping[str, Sequence | pa.Array], name: str) -> pa.Table:
     """Python columns (or Arrow arrays) to the exact Arrow types of dataset ``name``, then
     :func:`conform` checks."""
     target = load_schema(name).arrow()
@@ -55,9 +54,8 @@ def aggregate_status(statuses: Iterable[str]) -> str | None:
     return best
 
 
-# a status's rank as an index: absent 1, uncertain 2, present 3 (0: nothing counted)
-_BY_RANK = ("absent", "uncertain", "present")
-_VALUE_OF_RANK = np.array([np.nan, VALUES["absent"], VALUES["uncertain"], VALUES["present"]])
+_BY_RANK = tuple(sorted(RANK, key=RANK.__getitem__))  # status RANK[s] is at index RANK[s] - 1
+_VALUE_OF_RANK = np.array([np.nan, *(VALUES[s] for s in _BY_RANK)])  # by rank; 0: nothing counted
 
 
 def _counted(mentions: pa.Table, columns: tuple[str, ...]) -> tuple[np.ndarray, dict[str, pa.ChunkedArray]]:
@@ -73,6 +71,11 @@ def _index(values: pa.ChunkedArray, of: Sequence[str]) -> np.ndarray:
     """Each value's index in ``of`` (-1 where it is missing or null)."""
     found = pc.index_in(values, value_set=pa.array(list(of), pa.string()))
     return np.asarray(pc.fill_null(found, -1).to_numpy(), dtype=np.int64)
+
+
+def _ranks(statuses: pa.ChunkedArray) -> np.ndarray:
+    """Each status's RANK (0 where it is null)."""
+    return _index(statuses, _BY_RANK) + 1
 
 
 def _provenance(
@@ -110,7 +113,7 @@ def label_table(
     keep = report >= 0
     rows, report = rows[keep], report[keep]
     obs = _index(col["observation"], OBSERVATIONS)[keep]
-    rank = _index(col["status"], _BY_RANK)[keep] + 1
+    rank = _ranks(col["status"])[keep]
     n_reports, n_obs = len(reports), len(OBSERVATIONS)
     # per report and observation, the best rank (No Finding is never mentioned)
     no_finding = OBSERVATIONS.index(NO_FINDING)
@@ -172,7 +175,7 @@ def findings_table(mentions: pa.Table, observation_of: Mapping[str, str | None])
         {
             "report_id": col["report_id"],
             "finding": col["finding"],
-            "rank": pa.array(_index(col["status"], _BY_RANK)),
+            "rank": pa.array(_ranks(col["status"])),
             "row": pa.array(rows),
         }
     )
@@ -180,7 +183,7 @@ def findings_table(mentions: pa.Table, observation_of: Mapping[str, str | None])
         [("rank", "max"), ("row", "count"), ("row", "min")]
     )
     groups = groups.take(pc.sort_indices(groups.column("row_min")))
-    known = [f for f in observation_of]
+    known = list(observation_of)
     observation = pa.array([observation_of[f] for f in known], pa.string()).take(
         pc.index_in(groups.column("finding"), value_set=pa.array(known, pa.string()))
     )
@@ -189,7 +192,9 @@ def findings_table(mentions: pa.Table, observation_of: Mapping[str, str | None])
             "report_id": groups.column("report_id").combine_chunks(),
             "finding": groups.column("finding").combine_chunks(),
             "observation": observation,
-            "status": pa.array(_BY_RANK, pa.string()).take(groups.column("rank_max").combine_chunks()),
+            "status": pa.array(_BY_RANK, pa.string()).take(
+                pc.subtract(groups.column("rank_max"), 1).combine_chunks()
+            ),
             "n_mentions": groups.column("row_count").combine_chunks(),
         },
         "findings",

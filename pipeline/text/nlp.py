@@ -85,7 +85,6 @@ class _Matchers:
 
     def __init__(self, nlp: Language, groups: int) -> None:
         self.nlp = nlp
-        self.groups = groups
         # one matcher walks the tokens once; a second cost as much again
         self.phrase = PhraseMatcher(nlp.vocab, attr="LOWER")
         self.keys: dict[int, tuple[int, str]] = {}  # match id -> (group, key)
@@ -118,7 +117,7 @@ class _Matchers:
 
     def __call__(self, doc: Doc, toks: Tokens) -> list[list[tuple[str, int, int]]]:
         """Each group's matches; ``toks``: the doc's tokens, shared by callers."""
-        out: list[list[tuple[str, int, int]]] = [[] for _ in range(self.groups)]
+        out: list[list[tuple[str, int, int]]] = [[] for _ in self.by_prefix]
         keys = self.keys
         for m, s, e in self.phrase(doc):
             group, key = keys[m]
@@ -184,6 +183,8 @@ class _Matchers:
 
 @Language.factory("clip2clinic_lexicon", default_config={"lexicon_dir": None})
 def make_lexicon_matcher(nlp, name, lexicon_dir):  # type: ignore[no-untyped-def]
+    # No annotations: spaCy validates factory arguments from them, and this module's postponed
+    # (string) annotations cannot be resolved there.
     return LexiconMatcher(nlp, load_lexicon(lexicon_dir))
 
 
